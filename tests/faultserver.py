@@ -23,6 +23,8 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: False: no Content-Length, the body ends when the connection closes (as HTTP/1.0 servers do)
+    announce_length: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,14 @@ class FaultServer:
         self._scripts: dict[str, list[Answer]] = {}
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
+        self._arrivals = threading.Condition(self._lock)
+        self._arrived: list[str] = []
         self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fault-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fault-server", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -92,9 +98,23 @@ class FaultServer:
         with self._lock:
             self._scripts[path] = list(answers)
 
-    def requests_for(self, path: str) -> list[LoggedRequest]:
-        with self._lock:
+    def wait_for_request(self, path: str, timeout: float = 5.0) -> None:
+        """Block until a request for ``path`` has arrived (it is logged only once answered)."""
+        with self._arrivals:
+            if not self._arrivals.wait_for(lambda: path in self._arrived, timeout):
+                raise TimeoutError(f"no request for {path} within {timeout}s")
+
+    def requests_for(self, path: str, timeout: float = 5.0) -> list[LoggedRequest]:
+        """Answered requests for ``path``, after waiting for those that arrived to be answered.
+
+        A request is logged once its answer is out, which may be just after the client has read it.
+        """
+        with self._arrivals:
+            self._arrivals.wait_for(lambda: self._answered(path) == self._arrived.count(path), timeout)
             return [entry for entry in self.log if entry.path == path]
+
+    def _answered(self, path: str) -> int:
+        return sum(entry.path == path for entry in self.log)
 
     def __enter__(self) -> FaultServer:
         self._thread.start()
@@ -108,14 +128,17 @@ class FaultServer:
 
     def _next_answer(self, path: str) -> Answer:
         with self._lock:
+            self._arrived.append(path)
+            self._arrivals.notify_all()
             script = self._scripts.get(path)
             if not script:
                 return Reply(404, b"not found\n")
             return script.pop(0) if len(script) > 1 else script[0]
 
     def _record(self, entry: LoggedRequest) -> None:
-        with self._lock:
+        with self._arrivals:
             self.log.append(entry)
+            self._arrivals.notify_all()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -123,7 +146,7 @@ class FaultServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
             def do_GET(self) -> None:
@@ -138,7 +161,12 @@ class FaultServer:
         """Send ``answer``; return the number of body bytes that went out."""
         if isinstance(answer, Reply):
             handler.send_response(answer.status)
-            headers = {"Content-Length": str(len(answer.body)), **answer.headers}
+            headers = dict(answer.headers)
+            if answer.announce_length:
+                headers.setdefault("Content-Length", str(len(answer.body)))
+            else:
+                handler.close_connection = True
+                headers["Connection"] = "close"
             for name, value in headers.items():
                 handler.send_header(name, value)
             handler.end_headers()

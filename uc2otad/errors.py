@@ -7,6 +7,8 @@ too (``DownloadTimeoutError`` is a ``TimeoutError``), so generic callers keep wo
 
 Uc2otadError
 ├── ConfigError (ValueError)            a setting or argument is not acceptable
+├── CacheError                          the firmware cache folder cannot be used
+│   └── CacheBusyError                     an update is reading the cache
 └── FirmwareError                       finding, fetching or checking an image failed
     ├── UnsafeFileNameError (ValueError)   a name that is not a plain file name       firmware_not_found
     ├── FirmwareNotFoundError              no image for a board, 404 and other 4xx   firmware_not_found
@@ -45,6 +47,14 @@ class ConfigError(Uc2otadError, ValueError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class CacheError(Uc2otadError):
+    """The firmware cache folder cannot be created, read or written (permissions, disk full)."""
+
+
+class CacheBusyError(CacheError):
+    """The cache cannot be cleared while an update reads from it."""
 
 
 class FirmwareError(Uc2otadError):

@@ -265,6 +265,8 @@ class FirmwareServer:
         except requests.ConnectionError as err:
             message = f"cannot reach {url}: {_reason(err)}"
             raise _TransientError(_caused(ServerUnreachableError(message), err)) from err
+        except requests.RequestException as err:  # redirect loops, invalid URLs: repeating cannot help
+            raise ServerUnreachableError(f"request to {url} failed: {type(err).__name__}: {err}") from err
         if response.status_code >= 500:
             response.close()
             raise _TransientError(ServerUnreachableError(f"{url} answered {response.status_code}"))
@@ -334,19 +336,21 @@ class FirmwareServer:
             )
 
     def _chunks(self, response: requests.Response, url: str, announced: int | None = None) -> Iterator[bytes]:
-        """``response.iter_content`` with its exceptions turned into ours.
+        """The body as it arrives, with urllib3's exceptions turned into ours.
 
-        urllib3 reports a body cut short by a clean close (fewer bytes than Content-Length) as
-        IncompleteRead and a reset as a protocol error; the first is a corrupt download, the second a
-        lost server. Either may be a passing fault, so both are retried.
+        ``read1`` (urllib3 >= 2.1) returns after one socket read, so the caller checks its transfer
+        deadline at every arrival: a server that trickles a byte now and then cannot hold a transfer
+        beyond it. (With an older urllib3, ``read`` fills whole chunks and the deadline is checked per
+        chunk.) urllib3 reports a body cut short by a clean close as IncompleteRead and a reset as a
+        protocol error: the first is a corrupt download, the second a lost server. Either may be a
+        passing fault, so both are retried.
         """
-        chunks = response.iter_content(_CHUNK_SIZE)
+        raw = response.raw
+        read: Callable[[int], bytes] = getattr(raw, "read1", None) or raw.read
         while True:
             try:
-                chunk: bytes = next(chunks)
-            except StopIteration:
-                return
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                chunk = read(_CHUNK_SIZE)
+            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as err:
                 if _is_read_timeout(err):
                     message = f"{url} stalled for {self.settings.read_timeout}s"
                     raise _caused(DownloadTimeoutError(message), err) from err
@@ -356,6 +360,8 @@ class FirmwareServer:
                     raise _TransientError(_caused(DownloadCorruptError(message), err)) from err
                 message = f"connection to {url} lost: {_reason(err)}"
                 raise _TransientError(_caused(ServerUnreachableError(message), err)) from err
+            if not chunk:
+                return
             yield chunk
 
 

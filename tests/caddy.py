@@ -1,0 +1,148 @@
+"""Run the real Caddy as the firmware server, configured like the UC2 firmware container.
+
+The UC2 container's Caddyfile is ``handle_path /firmware/* { root * /srv; file_server browse }``; this
+one is the same on 127.0.0.1 with a temporary root, plus a JSON access log so tests can see exactly
+which requests reached the server and how many body bytes each one carried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: seconds for Caddy to report "serving initial configuration"; it takes ~50 ms on a Raspberry Pi 4
+START_TIMEOUT = 20.0
+#: seconds for an access-log line to appear after its response reached us
+LOG_TIMEOUT = 5.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class AccessLogEntry:
+    method: str
+    uri: str
+    status: int
+    #: body bytes Caddy sent
+    size: int
+    request_headers: dict[str, list[str]]
+
+
+class CaddyServer:
+    """``caddy run`` on a free loopback port, serving ``root`` under ``/firmware/``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.root = workdir / "srv"
+        self.root.mkdir()
+        self._log_path = workdir / "access.log"
+        self._port = _free_port()
+        self._process: subprocess.Popen[str] | None = None
+        self._stderr_lines: list[str] = []
+        self._sentinel = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}/firmware"
+
+    def start(self) -> None:
+        caddy = shutil.which("caddy")
+        if caddy is None:
+            raise FileNotFoundError("caddy")
+        caddyfile = self.workdir / "Caddyfile"
+        caddyfile.write_text(
+            "{\n\tadmin off\n\tauto_https off\n}\n"
+            f"http://127.0.0.1:{self._port} {{\n"
+            f"\tlog {{\n\t\toutput file {self._log_path}\n\t\tformat json\n\t}}\n"
+            f"\thandle_path /firmware/* {{\n\t\troot * {self.root}\n\t\tfile_server browse\n\t}}\n"
+            "}\n"
+        )
+        # Caddy keeps state under $HOME/.config and $HOME/.local/share: give it the temporary folder
+        env = {**os.environ, "HOME": str(self.workdir), "XDG_CONFIG_HOME": str(self.workdir / "config"),
+               "XDG_DATA_HOME": str(self.workdir / "data")}  # fmt: skip
+        self._process = subprocess.Popen(
+            [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._read_stderr, args=(ready,), daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or self._process.poll() is not None:
+            self.stop()
+            raise RuntimeError("caddy did not start:\n" + "".join(self._stderr_lines[-20:]))
+
+    def _read_stderr(self, ready: threading.Event) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for line in self._process.stderr:
+            self._stderr_lines.append(line)
+            if "serving initial configuration" in line:
+                ready.set()
+        ready.set()  # exited: let start() see it
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+        self._process = None
+
+    def requests_for(self, name: str) -> list[AccessLogEntry]:
+        """Logged requests of ``/firmware/<name>``, oldest first, up to now.
+
+        Caddy writes a log line once it has handled a request, which can be a moment after the client
+        has the response; so this first sends a request of its own and waits for that line: every
+        request that finished before this call is then in the log.
+        """
+        self._sentinel += 1
+        marker = f"/firmware/.sentinel-{self._sentinel}"
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{self._port}{marker}"):
+            pass
+        deadline = time.monotonic() + LOG_TIMEOUT
+        while not any(entry.uri == marker for entry in self._read_log()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"caddy did not log {marker} within {LOG_TIMEOUT}s")
+            time.sleep(0.01)
+        return [entry for entry in self._read_log() if entry.uri == f"/firmware/{name}"]
+
+    def _read_log(self) -> list[AccessLogEntry]:
+        try:
+            lines = self._log_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [_entry(json.loads(line)) for line in lines if line.strip()]
+
+
+def _entry(record: dict[str, Any]) -> AccessLogEntry:
+    request = record["request"]
+    return AccessLogEntry(
+        method=request["method"],
+        uri=request["uri"],
+        status=int(record["status"]),
+        size=int(record["size"]),
+        request_headers=request.get("headers", {}),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

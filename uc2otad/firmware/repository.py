@@ -1,0 +1,103 @@
+"""The firmware room's front door: "give me the image for board N, proven intact and right for it".
+
+It ties the server (listing, manifest, downloads), the cache (verified files) and the catalog (CAN id →
+file) together, and finishes with the ESP image check, so that the engine only ever holds a
+:class:`VerifiedImage`: a file in the cache whose bytes match what the server promised and that the
+target board can boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from uc2otad.aio import run_stoppable
+from uc2otad.firmware.cache import CachedImage, FirmwareCache
+from uc2otad.firmware.catalog import SLAVE_CHIP, Catalog, ImageTable, ResolvedImage
+from uc2otad.firmware.image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
+from uc2otad.firmware.server import FirmwareServer
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifiedImage:
+    """An image in the cache, checked against the server's promise and against the target board."""
+
+    resolved: ResolvedImage
+    cached: CachedImage
+    info: ImageInfo
+
+    @property
+    def name(self) -> str:
+        return self.cached.name
+
+    @property
+    def path(self) -> Path:
+        return self.cached.path
+
+    @property
+    def version(self) -> str | None:
+        """The version the board will report once it runs this image: the app descriptor's."""
+        if self.info.app_desc is not None and self.info.app_desc.version:
+            return self.info.app_desc.version
+        return self.resolved.version
+
+
+class FirmwareRepository:
+    """Server + cache + image table."""
+
+    def __init__(self, server: FirmwareServer, cache: FirmwareCache, table: ImageTable | None = None) -> None:
+        self.server = server
+        self.cache = cache
+        self.table = table or ImageTable.standard()
+
+    async def catalog(self) -> Catalog:
+        """A fresh snapshot of the server: listing and manifest, fetched together.
+
+        :raises ListingError, ManifestError: the server's listing or manifest is unusable
+        :raises DownloadError: the server cannot be reached
+        """
+        listing, manifest = await asyncio.gather(
+            self.server.list_files(max_image_size=self.cache.max_image_size), self.server.get_manifest()
+        )
+        return Catalog(self.server.url, listing, manifest, self.table)
+
+    async def obtain(
+        self,
+        can_id: int,
+        *,
+        reported_image: str | None = None,
+        name: str | None = None,
+        catalog: Catalog | None = None,
+    ) -> VerifiedImage:
+        """The app image for slave ``can_id``: resolved, in the cache, verified, checked as an ESP32-S3 app.
+
+        :param reported_image: the image name the board says it runs, if it says
+        :param name: a file name the caller chose (the ``firmware`` option)
+        :param catalog: a snapshot to resolve against; a fresh one by default
+        :raises FirmwareNotFoundError, UnsafeFileNameError: see :meth:`Catalog.resolve`
+        :raises DownloadError, ManifestError, ListingError, CacheError: see :meth:`FirmwareCache.fetch`
+        :raises ImageError: the file is not an app image an ESP32-S3 slave can take
+        """
+        catalog = catalog or await self.catalog()
+        resolved = catalog.resolve(can_id, reported_image=reported_image, name=name)
+        cached = await self.cache.fetch(self.server, resolved.file, resolved.promise)
+        info = await run_stoppable(lambda _stop: _check_app(cached, SLAVE_CHIP))
+        _LOGGER.info(
+            "firmware: board=%d image=%s source=%s version=%s downloaded=%d",
+            can_id,
+            cached.name,
+            resolved.source,
+            info.app_desc.version if info.app_desc else "?",
+            cached.downloaded_bytes,
+        )
+        return VerifiedImage(resolved=resolved, cached=cached, info=info)
+
+
+def _check_app(cached: CachedImage, chip: str) -> ImageInfo:
+    return validate_app_image(
+        cached.path.read_bytes(), chip=chip, max_size=OTA_PARTITION_SIZE, name=cached.name
+    )
