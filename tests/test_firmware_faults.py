@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from espimage import build_app_image
-from faultserver import FaultServer, Reply, Reset, Stall, Trickle, Truncate
+from faultserver import FaultServer, LoggedRequest, Reply, Reset, Stall, Trickle, Truncate
 
 from uc2otad.errors import (
     CacheBusyError,
@@ -67,6 +67,11 @@ def cache_contents(cache: FirmwareCache) -> list[str]:
     )
 
 
+async def answered(fault_server: FaultServer) -> list[LoggedRequest]:
+    """The server's answered requests for the image (waiting on its log off the event loop)."""
+    return await asyncio.to_thread(fault_server.requests_for, PATH)
+
+
 def tree(root: Path) -> set[str]:
     return {str(path.relative_to(root)) for path in root.rglob("*")}
 
@@ -77,7 +82,7 @@ async def test_404_is_firmware_not_found_without_retry(
     with pytest.raises(FirmwareNotFoundError) as caught:
         await cache.fetch(server, listed(), None)
     assert caught.value.error_code == "firmware_not_found"
-    assert len(fault_server.requests_for(PATH)) == 1
+    assert len(await answered(fault_server)) == 1
     assert await asyncio.to_thread(cache_contents, cache) == []
 
 
@@ -87,7 +92,7 @@ async def test_403_is_not_retried_either(
     fault_server.script(PATH, Reply(403, b"forbidden"))
     with pytest.raises(FirmwareNotFoundError, match="403"):
         await cache.fetch(server, listed(), None)
-    assert len(fault_server.requests_for(PATH)) == 1
+    assert len(await answered(fault_server)) == 1
 
 
 async def test_500_then_success_is_retried(
@@ -96,7 +101,7 @@ async def test_500_then_success_is_retried(
     fault_server.script(PATH, Reply(500), Reply(503), Reply(200, IMAGE))
     image = await cache.fetch(server, listed(), promise_of(IMAGE))
     assert image.downloaded_bytes == len(IMAGE)
-    assert [entry.status for entry in fault_server.requests_for(PATH)] == [500, 503, 200]
+    assert [entry.status for entry in await answered(fault_server)] == [500, 503, 200]
     assert await asyncio.to_thread(image.path.read_bytes) == IMAGE
 
 
@@ -107,7 +112,7 @@ async def test_5xx_on_every_attempt_is_unreachable_after_the_retry_budget(
     with pytest.raises(ServerUnreachableError, match="502") as caught:
         await cache.fetch(server, listed(), None)
     assert caught.value.error_code == "download_timeout"
-    assert len(fault_server.requests_for(PATH)) == FAST.retry.attempts
+    assert len(await answered(fault_server)) == FAST.retry.attempts
 
 
 async def test_reset_mid_body_is_retried_and_recovers(
@@ -116,7 +121,7 @@ async def test_reset_mid_body_is_retried_and_recovers(
     fault_server.script(PATH, Reset(IMAGE, after=len(IMAGE) // 2), Reply(200, IMAGE))
     image = await cache.fetch(server, listed(), promise_of(IMAGE))
     assert await asyncio.to_thread(image.path.read_bytes) == IMAGE
-    assert len(fault_server.requests_for(PATH)) == 2
+    assert len(await answered(fault_server)) == 2
 
 
 async def test_reset_mid_body_every_time_keeps_no_partial_file(
@@ -135,7 +140,7 @@ async def test_truncated_body_is_corrupt_and_keeps_nothing(
     with pytest.raises(DownloadCorruptError, match="truncated") as caught:
         await cache.fetch(server, listed(), None)
     assert caught.value.error_code == "download_corrupt"
-    assert len(fault_server.requests_for(PATH)) == FAST.retry.attempts
+    assert len(await answered(fault_server)) == FAST.retry.attempts
     assert await asyncio.to_thread(cache_contents, cache) == []
 
 
