@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -38,10 +39,14 @@ class AccessLogEntry:
 
 
 class CaddyServer:
-    """``caddy run`` on a free loopback port, serving ``root`` under ``/firmware/``."""
+    """``caddy run`` on a free loopback port, serving ``root`` under ``/firmware/``.
 
-    def __init__(self, workdir: Path) -> None:
+    With ``tls``, over https with a certificate from Caddy's own local CA (``ca_file``).
+    """
+
+    def __init__(self, workdir: Path, *, tls: bool = False) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.root = workdir / "srv"
         self.root.mkdir()
         self._log_path = workdir / "access.log"
@@ -52,17 +57,30 @@ class CaddyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/firmware"
+        return f"{self._origin}/firmware"
+
+    @property
+    def _origin(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """Caddy's local root CA, which signed the https certificate."""
+        return self.workdir / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
 
     def start(self) -> None:
         caddy = shutil.which("caddy")
         if caddy is None:
             raise FileNotFoundError("caddy")
         caddyfile = self.workdir / "Caddyfile"
+        global_options = (
+            "\tauto_https disable_redirects\n\tskip_install_trust\n" if self.tls else "\tauto_https off\n"
+        )
         caddyfile.write_text(
-            "{\n\tadmin off\n\tauto_https off\n}\n"
-            f"http://127.0.0.1:{self._port} {{\n"
-            f"\tlog {{\n\t\toutput file {self._log_path}\n\t\tformat json\n\t}}\n"
+            f"{{\n\tadmin off\n{global_options}}}\n"
+            f"{self._origin} {{\n"
+            + ("\ttls internal\n" if self.tls else "")
+            + f"\tlog {{\n\t\toutput file {self._log_path}\n\t\tformat json\n\t}}\n"
             f"\thandle_path /firmware/* {{\n\t\troot * {self.root}\n\t\tfile_server browse\n\t}}\n"
             "}\n"
         )
@@ -87,7 +105,8 @@ class CaddyServer:
         assert self._process is not None and self._process.stderr is not None
         for line in self._process.stderr:
             self._stderr_lines.append(line)
-            if "serving initial configuration" in line:
+            # with tls, the certificate is issued just after the configuration is served
+            if ("certificate obtained successfully" if self.tls else "serving initial configuration") in line:
                 ready.set()
         ready.set()  # exited: let start() see it
 
@@ -113,7 +132,8 @@ class CaddyServer:
         """
         self._sentinel += 1
         marker = f"/firmware/.sentinel-{self._sentinel}"
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{self._port}{marker}"):
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{self._origin}{marker}", context=context):
             pass
         deadline = time.monotonic() + LOG_TIMEOUT
         while not any(entry.uri == marker for entry in self._read_log()):

@@ -41,6 +41,18 @@ def caddy(tmp_path: Path) -> Iterator[CaddyServer]:
 
 
 @pytest.fixture
+def caddy_tls(tmp_path: Path) -> Iterator[CaddyServer]:
+    """The real Caddy over https, its certificate issued by its own local CA (``caddy_tls.ca_file``)."""
+    _require_program("caddy")
+    workdir = tmp_path / "caddy-tls"
+    workdir.mkdir()
+    server = CaddyServer(workdir, tls=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def fault_server() -> Iterator[FaultServer]:
     with FaultServer() as server:
         yield server

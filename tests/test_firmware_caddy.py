@@ -13,11 +13,12 @@ import pytest
 from caddy import CaddyServer
 from espimage import build_app_image, flip_byte
 
-from uc2otad.errors import DownloadCorruptError, WrongChipError
+from uc2otad.errors import DownloadCorruptError, ServerUnreachableError, WrongChipError
 from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.repository import FirmwareRepository
-from uc2otad.firmware.server import FirmwareServer
+from uc2otad.firmware.server import FirmwareServer, HttpSettings
+from uc2otad.retry import RetryPolicy
 
 MOTOR_X = "esp32_UC2_canopen_slave_motor_release_motX.bin"
 MOTOR_DOC = "esp32_seeed_xiao_esp32s3_can_slave_motor.bin"
@@ -183,3 +184,21 @@ async def test_document_names_are_served_when_the_server_has_only_those(
     image = await repository.obtain(13)
     assert image.name == MOTOR_DOC
     assert image.resolved.source == "standard"
+
+
+async def test_https_server_with_a_private_ca(
+    caddy_tls: CaddyServer, tmp_path: Path, motor_image: bytes
+) -> None:
+    await asyncio.to_thread(publish, caddy_tls, MOTOR_X, motor_image)
+    trusted = FirmwareServer(caddy_tls.url, settings=HttpSettings(ca_file=str(caddy_tls.ca_file)))
+    table = await asyncio.to_thread(ImageTable.standard)
+    repository = FirmwareRepository(trusted, FirmwareCache(tmp_path / "cache"), table)
+    image = await repository.obtain(11)
+    assert image.cached.downloaded_bytes == len(motor_image)
+
+    # the system trust store does not know Caddy's local CA; a certificate problem is not retried, so
+    # with an hour of backoff before a second attempt the call still fails at once
+    no_retry_expected = HttpSettings(retry=RetryPolicy(attempts=2, first_delay=3600))
+    untrusting = FirmwareServer(caddy_tls.url, settings=no_retry_expected)
+    with pytest.raises(ServerUnreachableError, match="certificate verify failed"):
+        await untrusting.list_files()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -262,6 +263,8 @@ class FirmwareServer:
         except requests.ReadTimeout as err:
             message = f"{url} sent no answer within {self.settings.read_timeout}s"
             raise _caused(DownloadTimeoutError(message), err) from err
+        except requests.exceptions.SSLError as err:  # an untrusted certificate stays untrusted: no retry
+            raise ServerUnreachableError(f"TLS with {url} failed: {_tls_reason(err)}") from err
         except requests.ConnectionError as err:
             message = f"cannot reach {url}: {_reason(err)}"
             raise _TransientError(_caused(ServerUnreachableError(message), err)) from err
@@ -397,6 +400,16 @@ def _reason(err: BaseException) -> str:
     for inner in reversed(_chain(err)):
         if isinstance(inner, OSError) and inner.strerror:
             return inner.strerror
+    return type(err).__name__
+
+
+def _tls_reason(err: BaseException) -> str:
+    """'certificate verify failed: …' from the ssl error inside requests' and urllib3's wrappers."""
+    for inner in _chain(err):
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {inner.verify_message}"
+        if isinstance(inner, ssl.SSLError):
+            return str(inner.reason or inner)
     return type(err).__name__
 
 
