@@ -41,6 +41,12 @@ def publish_manifest(caddy: CaddyServer, version: str, *, sha256_of: dict[str, b
     (caddy.root / "version.json").write_text(json.dumps({"version": version, "files": files}))
 
 
+def publish_motor(caddy: CaddyServer, image: bytes, *, with_manifest: bool) -> None:
+    publish(caddy, MOTOR_X, image)
+    if with_manifest:
+        publish_manifest(caddy, "v2026.1.0")
+
+
 @pytest.fixture
 def motor_image() -> bytes:
     return build_app_image("esp32s3", version="v2026.1.0", project="uc2-motor")
@@ -95,12 +101,7 @@ async def test_trailing_slash_in_the_configured_url_changes_nothing(
 async def test_second_resolution_downloads_zero_bytes(
     caddy: CaddyServer, repository: FirmwareRepository, motor_image: bytes, with_manifest: bool
 ) -> None:
-    def setup() -> None:
-        publish(caddy, MOTOR_X, motor_image)
-        if with_manifest:
-            publish_manifest(caddy, "v2026.1.0")
-
-    await asyncio.to_thread(setup)
+    await asyncio.to_thread(publish_motor, caddy, motor_image, with_manifest=with_manifest)
     first = await repository.obtain(11)
     assert first.cached.downloaded_bytes == len(motor_image)
     assert first.version == "v2026.1.0"
@@ -139,12 +140,7 @@ async def test_an_image_changed_on_the_server_is_downloaded_again(
 async def test_a_corrupt_cached_file_is_detected_and_replaced(
     caddy: CaddyServer, repository: FirmwareRepository, motor_image: bytes, with_manifest: bool
 ) -> None:
-    def setup() -> None:
-        publish(caddy, MOTOR_X, motor_image)
-        if with_manifest:
-            publish_manifest(caddy, "v2026.1.0")
-
-    await asyncio.to_thread(setup)
+    await asyncio.to_thread(publish_motor, caddy, motor_image, with_manifest=with_manifest)
     first = await repository.obtain(11)
     damaged = flip_byte(motor_image, 0x400)
     await asyncio.to_thread(first.path.write_bytes, damaged)  # bit rot on the SD card

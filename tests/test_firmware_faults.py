@@ -76,23 +76,55 @@ def tree(root: Path) -> set[str]:
     return {str(path.relative_to(root)) for path in root.rglob("*")}
 
 
-async def test_404_is_firmware_not_found_without_retry(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
+@pytest.mark.parametrize(
+    ("answer", "error", "match", "error_code", "attempts"),
+    [
+        (None, FirmwareNotFoundError, "404", "firmware_not_found", 1),
+        (Reply(403, b"forbidden"), FirmwareNotFoundError, "403", "firmware_not_found", 1),
+        (Reply(502), ServerUnreachableError, "502", "download_timeout", FAST.retry.attempts),
+        (
+            Reset(IMAGE, after=len(IMAGE) // 2),
+            ServerUnreachableError,
+            "lost",
+            "download_timeout",
+            FAST.retry.attempts,
+        ),
+        (
+            Truncate(IMAGE, after=1000),
+            DownloadCorruptError,
+            "truncated",
+            "download_corrupt",
+            FAST.retry.attempts,
+        ),
+        (Stall(IMAGE, after=4096), DownloadTimeoutError, "stalled", "download_timeout", 1),
+        (
+            Trickle(IMAGE, piece=256, interval=0.02),
+            DownloadTimeoutError,
+            "longer than",
+            "download_timeout",
+            1,
+        ),
+    ],
+    ids=["404", "403", "5xx", "reset", "truncated", "stall", "trickle"],
+)
+async def test_a_failed_download_is_a_typed_error_retried_only_when_it_may_pass(
+    fault_server: FaultServer,
+    server: FirmwareServer,
+    cache: FirmwareCache,
+    answer: Reply | Reset | Truncate | Stall | Trickle | None,
+    error: type[Exception],
+    match: str,
+    error_code: str,
+    attempts: int,
 ) -> None:
-    with pytest.raises(FirmwareNotFoundError) as caught:
+    if answer is not None:  # None: nothing scripted, the server answers 404
+        fault_server.script(PATH, answer)
+    with pytest.raises(error, match=match) as caught:
         await cache.fetch(server, listed(), None)
-    assert caught.value.error_code == "firmware_not_found"
-    assert len(await answered(fault_server)) == 1
-    assert await asyncio.to_thread(cache_contents, cache) == []
-
-
-async def test_403_is_not_retried_either(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
-) -> None:
-    fault_server.script(PATH, Reply(403, b"forbidden"))
-    with pytest.raises(FirmwareNotFoundError, match="403"):
-        await cache.fetch(server, listed(), None)
-    assert len(await answered(fault_server)) == 1
+    assert getattr(caught.value, "error_code", None) == error_code
+    assert await asyncio.to_thread(cache_contents, cache) == []  # no partial or wrong file, no temp file
+    if not isinstance(answer, Stall | Trickle):  # a stalled answer is logged only when the server stops
+        assert len(await answered(fault_server)) == attempts
 
 
 async def test_500_then_success_is_retried(
@@ -105,16 +137,6 @@ async def test_500_then_success_is_retried(
     assert await asyncio.to_thread(image.path.read_bytes) == IMAGE
 
 
-async def test_5xx_on_every_attempt_is_unreachable_after_the_retry_budget(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
-) -> None:
-    fault_server.script(PATH, Reply(502))
-    with pytest.raises(ServerUnreachableError, match="502") as caught:
-        await cache.fetch(server, listed(), None)
-    assert caught.value.error_code == "download_timeout"
-    assert len(await answered(fault_server)) == FAST.retry.attempts
-
-
 async def test_reset_mid_body_is_retried_and_recovers(
     fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
 ) -> None:
@@ -122,26 +144,6 @@ async def test_reset_mid_body_is_retried_and_recovers(
     image = await cache.fetch(server, listed(), promise_of(IMAGE))
     assert await asyncio.to_thread(image.path.read_bytes) == IMAGE
     assert len(await answered(fault_server)) == 2
-
-
-async def test_reset_mid_body_every_time_keeps_no_partial_file(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
-) -> None:
-    fault_server.script(PATH, Reset(IMAGE, after=len(IMAGE) // 2))
-    with pytest.raises(ServerUnreachableError, match="lost"):
-        await cache.fetch(server, listed(), None)
-    assert await asyncio.to_thread(cache_contents, cache) == []
-
-
-async def test_truncated_body_is_corrupt_and_keeps_nothing(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
-) -> None:
-    fault_server.script(PATH, Truncate(IMAGE, after=1000))
-    with pytest.raises(DownloadCorruptError, match="truncated") as caught:
-        await cache.fetch(server, listed(), None)
-    assert caught.value.error_code == "download_corrupt"
-    assert len(await answered(fault_server)) == FAST.retry.attempts
-    assert await asyncio.to_thread(cache_contents, cache) == []
 
 
 async def test_wrong_sha256_is_corrupt_and_keeps_the_previous_good_copy(
@@ -181,25 +183,6 @@ async def test_body_over_the_size_limit_is_refused(
     with pytest.raises(DownloadCorruptError, match="more than the limit"):  # found out while reading
         await small_cache.fetch(server, listed(), None)
     assert await asyncio.to_thread(cache_contents, small_cache) == []
-
-
-async def test_a_stalled_server_times_out(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
-) -> None:
-    fault_server.script(PATH, Stall(IMAGE, after=4096))
-    with pytest.raises(DownloadTimeoutError, match="stalled") as caught:
-        await cache.fetch(server, listed(), None)
-    assert caught.value.error_code == "download_timeout"
-    assert await asyncio.to_thread(cache_contents, cache) == []
-
-
-async def test_a_trickling_server_hits_the_transfer_timeout(
-    fault_server: FaultServer, server: FirmwareServer, cache: FirmwareCache
-) -> None:
-    fault_server.script(PATH, Trickle(IMAGE, piece=256, interval=0.02))
-    with pytest.raises(DownloadTimeoutError, match="longer than"):
-        await cache.fetch(server, listed(), None)
-    assert await asyncio.to_thread(cache_contents, cache) == []
 
 
 async def test_refused_connection_is_unreachable(cache: FirmwareCache) -> None:
