@@ -1,0 +1,276 @@
+"""The daemon's settings: one config file, values set over D-Bus, command-line flags (CONTRACT.md §3).
+
+Precedence, highest first: command-line flag > value set over D-Bus (persisted in the state directory)
+> config file (``/etc/uc2otad/uc2otad.toml``) > built-in default. Nothing else (no environment
+variables, no second file) feeds in, so ``uc2otad --config F`` plus its flags says everything.
+
+Every value is checked when it is read, and a bad one raises :class:`ConfigError` naming its key
+(``firmware.server``), which ``uc2otad`` turns into exit 2. The WiFi password is not a setting: it
+lives only in a 0600 file in the state directory (:mod:`uc2otad.secrets`).
+
+Config file layout (every key optional)::
+
+    [serial]   port = "/dev/serial/by-id/…"   baud = 921600   ownership = "exclusive" | "on-demand"
+    [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
+               connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
+    [catalog.images]  "11" = ["lab_motor_x.bin"]
+    [wifi]     ssid = "uc2-lab"
+    [daemon]   state_dir = "/var/lib/uc2otad"   log_level = "info"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from uc2otad.errors import ConfigError
+from uc2otad.firmware.cache import default_cache_dir
+from uc2otad.firmware.catalog import ImageTable
+from uc2otad.firmware.server import (
+    CONNECT_TIMEOUT,
+    DEFAULT_SERVER_URL,
+    READ_TIMEOUT,
+    TRANSFER_TIMEOUT,
+    normalize_server_url,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+SYSTEM_CONFIG_FILE = Path("/etc/uc2otad/uc2otad.toml")
+SYSTEM_STATE_DIR = Path("/var/lib/uc2otad")
+#: the D-Bus-set values, beside the SQLite database
+PERSISTED_FILE = "settings.json"
+#: current CANopen masters (UC2_canopen_master); older CAN HAT builds run at 115200 (uc2-stack.md §2.1)
+DEFAULT_BAUD = 921600
+#: the firmware struct holds 32 bytes with the terminating NUL (CONTRACT.md §1 SetWiFiCredentials)
+MAX_SSID_BYTES = 31
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+PortOwnership = Literal["exclusive", "on-demand"]
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/uc2otad`` for root, else ``$XDG_STATE_HOME/uc2otad`` (``~/.local/state/uc2otad``)."""
+    if os.geteuid() == 0:
+        return SYSTEM_STATE_DIR
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "uc2otad"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, resolved. Field names are the config keys with ``.`` written as ``_``."""
+
+    serial_port: str = ""
+    serial_baud: int = DEFAULT_BAUD
+    serial_ownership: PortOwnership = "exclusive"
+    firmware_server: str = DEFAULT_SERVER_URL
+    firmware_cache_dir: Path = field(default_factory=default_cache_dir)
+    firmware_connect_timeout: float = CONNECT_TIMEOUT
+    firmware_read_timeout: float = READ_TIMEOUT
+    firmware_transfer_timeout: float = TRANSFER_TIMEOUT
+    firmware_attempts: int = 3
+    catalog_images: Mapping[str, Any] = field(default_factory=dict)
+    wifi_ssid: str = ""
+    daemon_state_dir: Path = field(default_factory=default_state_dir)
+    daemon_log_level: str = "info"
+
+    def image_table(self) -> ImageTable:
+        """The standard image table with ``[catalog.images]`` applied."""
+        return ImageTable.standard().with_overrides(self.catalog_images)
+
+
+#: values that may be set over D-Bus and are then persisted (their config keys)
+DBUS_SETTABLE = ("firmware.server", "wifi.ssid")
+
+
+def check_ssid(ssid: str, *, key: str = "wifi.ssid") -> str:
+    """:raises ConfigError: empty, longer than 31 bytes in UTF-8, or with control characters"""
+    size = len(ssid.encode())
+    if not 1 <= size <= MAX_SSID_BYTES:
+        raise ConfigError(key, f"must be 1 to {MAX_SSID_BYTES} bytes, not {size}")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in ssid):
+        raise ConfigError(key, "must not contain control characters")
+    return ssid
+
+
+def _text(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, not {type(value).__name__}")
+    return value
+
+
+def _positive_int(value: object, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(key, f"must be a positive whole number, not {value!r}")
+    return value
+
+
+def _positive_float(value: object, key: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(key, f"must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _path(value: object, key: str) -> Path:
+    path = Path(_text(value, key))
+    if not path.is_absolute():
+        raise ConfigError(key, f"must be an absolute path, not {value!r}")
+    return path
+
+
+def _choice(*allowed: str) -> Callable[[object, str], str]:
+    def parse(value: object, key: str) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise ConfigError(key, f"must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return parse
+
+
+def _server(value: object, key: str) -> str:
+    try:
+        return normalize_server_url(_text(value, key))
+    except ConfigError as err:
+        raise ConfigError(key, err.reason) from err
+
+
+def _ssid(value: object, key: str) -> str:
+    text = _text(value, key)
+    return check_ssid(text, key=key) if text else text
+
+
+def _images(value: object, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table of CAN id = [file names]")
+    ImageTable.standard().with_overrides(value)  # raises ConfigError naming the entry
+    return dict(value)
+
+
+#: config key → (Settings field, parser)
+_PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
+    "serial.port": ("serial_port", _text),
+    "serial.baud": ("serial_baud", _positive_int),
+    "serial.ownership": ("serial_ownership", _choice("exclusive", "on-demand")),
+    "firmware.server": ("firmware_server", _server),
+    "firmware.cache_dir": ("firmware_cache_dir", _path),
+    "firmware.connect_timeout": ("firmware_connect_timeout", _positive_float),
+    "firmware.read_timeout": ("firmware_read_timeout", _positive_float),
+    "firmware.transfer_timeout": ("firmware_transfer_timeout", _positive_float),
+    "firmware.attempts": ("firmware_attempts", _positive_int),
+    "catalog.images": ("catalog_images", _images),
+    "wifi.ssid": ("wifi_ssid", _ssid),
+    "daemon.state_dir": ("daemon_state_dir", _path),
+    "daemon.log_level": ("daemon_log_level", _choice(*LOG_LEVELS)),
+}
+
+
+def apply(settings: Settings, values: Mapping[str, object]) -> Settings:
+    """``settings`` with ``values`` (config key → raw value) checked and applied.
+
+    :raises ConfigError: an unknown key or a bad value, naming the key
+    """
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in _PARSERS:
+            raise ConfigError(key, "is not a setting")
+        name, parse = _PARSERS[key]
+        changes[name] = parse(value, key)
+    return replace(settings, **changes)
+
+
+def flatten(document: Mapping[str, Any]) -> dict[str, object]:
+    """``{"serial": {"baud": 1}}`` → ``{"serial.baud": 1}``; ``catalog.images`` stays one table."""
+    flat: dict[str, object] = {}
+    for section, table in document.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(section, "must be a table ([section])")
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if key != "catalog.images" and isinstance(value, Mapping):
+                raise ConfigError(key, "is not a setting")
+            flat[key] = value
+    return flat
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """The config file's values by key; an absent file is empty.
+
+    :raises ConfigError: unreadable or not TOML (key: the file's path)
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot be read: {err.strerror}") from err
+    try:
+        return flatten(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), f"is not valid TOML: {err}") from err
+
+
+def read_persisted(state_dir: Path) -> dict[str, object]:
+    """Values set over D-Bus earlier; a damaged file is ignored with a warning (it is re-creatable)."""
+    path = state_dir / PERSISTED_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        _LOGGER.warning("settings: ignoring unreadable %s: %s", path, err)
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {key: value for key, value in document.items() if key in DBUS_SETTABLE}
+
+
+def write_persisted(state_dir: Path, values: Mapping[str, object]) -> None:
+    """Persist D-Bus-set values atomically (write, fsync, rename)."""
+    unknown = set(values) - set(DBUS_SETTABLE)
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "cannot be set over D-Bus")
+    state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = state_dir / PERSISTED_FILE
+    temporary = path.with_name(f".{PERSISTED_FILE}.tmp")
+    with temporary.open("w", encoding="utf-8") as sink:
+        json.dump(dict(values), sink, indent=1, sort_keys=True)
+        sink.flush()
+        os.fsync(sink.fileno())
+    temporary.replace(path)
+
+
+def load(config_file: Path, flags: Mapping[str, object]) -> tuple[Settings, dict[str, object]]:
+    """Resolve the settings from every source, in the contract's order.
+
+    The state directory itself may come from the file or a flag, so it is resolved first; the D-Bus
+    values are read from there.
+
+    :param flags: command-line values by config key (only the flags that were given)
+    :returns: the settings and the D-Bus-set values (to be updated and written back by the daemon)
+    :raises ConfigError: the first bad key or value
+    """
+    from_file = read_config_file(config_file)
+    without_dbus = apply(apply(Settings(), from_file), flags)
+    persisted = _valid_only(read_persisted(without_dbus.daemon_state_dir))
+    resolved = apply(apply(apply(Settings(), from_file), persisted), flags)
+    return resolved, persisted
+
+
+def _valid_only(persisted: Mapping[str, object]) -> dict[str, object]:
+    """The persisted values that still pass their checks; a bad one is dropped, never fatal."""
+    valid: dict[str, object] = {}
+    for key, value in persisted.items():
+        try:
+            apply(Settings(), {key: value})
+        except ConfigError as err:
+            _LOGGER.warning("settings: ignoring persisted value: %s", err)
+            continue
+        valid[key] = value
+    return valid
