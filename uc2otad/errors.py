@@ -7,6 +7,7 @@ too (``DownloadTimeoutError`` is a ``TimeoutError``), so generic callers keep wo
 
 Uc2otadError
 ├── ConfigError (ValueError)            a setting or argument is not acceptable
+├── StoreError                          the status database cannot be used
 ├── CacheError                          the firmware cache folder cannot be used
 │   └── CacheBusyError                     an update is reading the cache
 └── FirmwareError                       finding, fetching or checking an image failed
@@ -47,6 +48,10 @@ class ConfigError(Uc2otadError, ValueError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class StoreError(Uc2otadError):
+    """The status database (SQLite in the state directory) cannot be opened, read or written."""
 
 
 class CacheError(Uc2otadError):

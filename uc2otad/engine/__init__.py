@@ -1,0 +1,1 @@
+"""The update engine: jobs, per-board state machine, scheduling, and the status store."""
