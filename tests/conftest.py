@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from buses import PrivateBus
 from caddy import CaddyServer
+from daemon_process import DaemonProcess
+from dbus_fast.aio import MessageBus
 from faultserver import FaultServer
 
 
@@ -56,3 +60,52 @@ def caddy_tls(tmp_path: Path) -> Iterator[CaddyServer]:
 def fault_server() -> Iterator[FaultServer]:
     with FaultServer() as server:
         yield server
+
+
+@pytest.fixture
+def private_bus(tmp_path: Path) -> Iterator[PrivateBus]:
+    """A dbus-daemon of our own: the daemon under test and its clients meet there."""
+    _require_program("dbus-daemon")
+    folder = tmp_path / "bus"
+    folder.mkdir()
+    bus = PrivateBus(folder)
+    bus.start()
+    yield bus
+    bus.stop()
+
+
+DaemonFactory = Callable[..., Awaitable[DaemonProcess]]
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, private_bus: PrivateBus) -> Iterator[DaemonFactory]:
+    """``await start_daemon(*flags, config="...", env={...})`` runs uc2otad until READY=1.
+
+    Every daemon of the test shares one work folder (state survives a restart); all are stopped at
+    teardown. Starting blocks on the notify socket, so it runs off the event loop.
+    """
+    started: list[DaemonProcess] = []
+
+    def start(args: tuple[str, ...], config: str, env: dict[str, str] | None) -> DaemonProcess:
+        workdir = tmp_path / "daemon"
+        workdir.mkdir(exist_ok=True)
+        daemon = DaemonProcess(workdir, private_bus.address, args=args, env=env)
+        daemon.config.write_text(config)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    async def start_async(*args: str, config: str = "", env: dict[str, str] | None = None) -> DaemonProcess:
+        return await asyncio.to_thread(start, args, config, env)
+
+    yield start_async
+    for daemon in started:
+        daemon.close()
+
+
+@pytest.fixture
+async def client(private_bus: PrivateBus) -> AsyncIterator[MessageBus]:
+    """A second, independent D-Bus connection: how ImSwitch or uc2otactl would talk to the daemon."""
+    bus = await MessageBus(bus_address=private_bus.address).connect()
+    yield bus
+    bus.disconnect()

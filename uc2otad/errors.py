@@ -7,9 +7,28 @@ too (``DownloadTimeoutError`` is a ``TimeoutError``), so generic callers keep wo
 
 Uc2otadError
 ├── ConfigError (ValueError)            a setting or argument is not acceptable
+├── InvalidArgumentError (ValueError)  a caller's argument is out of range or of the wrong kind
+├── UnknownCookieError (LookupError)    Uninhibit with a cookie that is not held
 ├── StoreError                          the status database cannot be used
 ├── CacheError                          the firmware cache folder cannot be used
 │   └── CacheBusyError                     an update is reading the cache
+├── LinkError                           the master CAN HAT cannot carry a command     link_lost
+│   ├── LinkOpenError                      the port cannot be opened
+│   │   └── HandshakeError                 the port opened, no UC2 master answered /state_get
+│   ├── LinkClosedError                    not open: never opened, closed, or reconnecting
+│   ├── LinkIOError                        reading or writing the port failed
+│   │   └── LinkLostError                  the port went away (unplugged, EIO)
+│   ├── LinkTimeoutError (TimeoutError)    the master did not answer in time
+│   ├── LinkProtocolError                  a reply lacks what the protocol promises
+│   ├── MasterRebootedError                the master restarted while a command was pending
+│   ├── EventOverflowError                 a listener fell so far behind that events were lost
+│   ├── LinkBusyError                      another task holds the link (a firmware stream)  (none)
+│   └── MasterError                        the master answered with an error            master_error
+├── UploadError                         an ArduinoOTA upload failed; carries the board's own text
+│   ├── UploadConnectionError              no answer, refused, no call-back, closed  upload_connection_failed
+│   │   └── UploadAuthError                the board refused the password            upload_connection_failed
+│   ├── UploadTimeoutError (TimeoutError)  no progress within the chunk timeout       upload_timeout
+│   └── UploadVerificationError            the board reports an MD5 or flash error   verification_failed
 └── FirmwareError                       finding, fetching or checking an image failed
     ├── UnsafeFileNameError (ValueError)   a name that is not a plain file name       firmware_not_found
     ├── FirmwareNotFoundError              no image for a board, 404 and other 4xx   firmware_not_found
@@ -48,6 +67,14 @@ class ConfigError(Uc2otadError, ValueError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class InvalidArgumentError(Uc2otadError, ValueError):
+    """A caller's argument is out of range, too long, of the wrong type or unknown."""
+
+
+class UnknownCookieError(Uc2otadError, LookupError):
+    """No inhibit is held under this cookie."""
 
 
 class StoreError(Uc2otadError):
@@ -137,3 +164,100 @@ class WrongChipError(ImageError):
 
 class ImageTooLargeError(ImageError):
     """The image does not fit the board's OTA partition."""
+
+
+class UploadError(Uc2otadError):
+    """An ArduinoOTA upload to a board failed (``arduino-ota.md``); the espota result codes 1, 2 and 3."""
+
+    def __init__(self, message: str, *, host: str, board_text: str | None = None) -> None:
+        super().__init__(message)
+        #: the board's address as given to the uploader
+        self.host = host
+        #: what the board itself said ("Authentication Failed", "MD5 Check Failed"), None when it said nothing
+        self.board_text = board_text
+
+
+class UploadConnectionError(UploadError):
+    """No answer to the invitation, no call-back, the board closed the connection: espota code 1."""
+
+    error_code = "upload_connection_failed"
+
+
+class UploadAuthError(UploadConnectionError):
+    """The board refused the OTA password, or asked for one that was not given (espota counts it as 1)."""
+
+
+class UploadTimeoutError(UploadError, TimeoutError):
+    """The transfer made no progress within the chunk timeout, or outlasted its overall limit: code 2."""
+
+    error_code = "upload_timeout"
+
+
+class UploadVerificationError(UploadError):
+    """The board received the image but reports an error ("MD5 Check Failed", a flash error): code 3."""
+
+    error_code = "verification_failed"
+
+
+class LinkError(Uc2otadError):
+    """The link to the master CAN HAT cannot carry a command; a job that needed it ends ``link_lost``."""
+
+    error_code = "link_lost"
+
+    def __init__(self, message: str, *, port: str | None = None) -> None:
+        super().__init__(message)
+        #: the port or URL of the link concerned, when known
+        self.port = port
+
+
+class LinkOpenError(LinkError):
+    """The port cannot be opened: missing, permission denied, held by another program."""
+
+
+class HandshakeError(LinkOpenError):
+    """The port opened, but no UC2 master answered ``/state_get`` (wrong baud, other device, busy)."""
+
+
+class LinkClosedError(LinkError):
+    """The link is not open: never opened, closed, or waiting to reconnect."""
+
+
+class LinkIOError(LinkError):
+    """Reading or writing the port failed."""
+
+
+class LinkLostError(LinkIOError):
+    """The port went away (USB unplugged, EIO, socket closed); the link reconnects when it returns."""
+
+
+class LinkTimeoutError(LinkError, TimeoutError):
+    """The master did not answer within the command's timeout."""
+
+
+class LinkProtocolError(LinkError):
+    """A reply from the master lacks what the protocol promises (a field, a type)."""
+
+
+class MasterRebootedError(LinkError):
+    """The master restarted while a command was pending, so that command will never be answered."""
+
+
+class EventOverflowError(LinkError):
+    """A listener fell so far behind that its queue filled and events were lost."""
+
+
+class LinkBusyError(LinkError):
+    """Another task holds the link (a firmware stream puts the master in binary mode)."""
+
+    error_code = ""
+
+
+class MasterError(LinkError):
+    """The master answered a command with an error (``{"status":"error"}``, ``{"ota_status":"error"}``)."""
+
+    error_code = "master_error"
+
+    def __init__(self, message: str, *, port: str | None = None, code: str = "") -> None:
+        super().__init__(message, port=port)
+        #: the master's own error text, for the status dict's ``upload_error``
+        self.code = code

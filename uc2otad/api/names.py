@@ -1,0 +1,15 @@
+"""Every D-Bus name of the service, in one place (as bleak keeps BlueZ's in ``defs.py``)."""
+
+BUS_NAME = "org.openuc2.OTA1"
+OBJECT_PATH = "/org/openuc2/OTA1"
+INTERFACE = "org.openuc2.OTA1"
+ERROR_PREFIX = "org.openuc2.OTA1.Error."
+
+#: CONTRACT.md §1 error names
+INVALID_ARGUMENT = ERROR_PREFIX + "InvalidArgument"
+NOT_FOUND = ERROR_PREFIX + "NotFound"
+BUSY = ERROR_PREFIX + "Busy"
+INHIBITED = ERROR_PREFIX + "Inhibited"
+NOT_CONNECTED = ERROR_PREFIX + "NotConnected"
+NOT_PERMITTED = ERROR_PREFIX + "NotPermitted"
+FAILED = ERROR_PREFIX + "Failed"

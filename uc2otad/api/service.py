@@ -1,0 +1,78 @@
+"""Put the interface on a bus: connect, export, own the name, and follow callers.
+
+Two things dbus-fast does not do for a method: tell it who called, and tell us when that caller is
+gone. A message handler records each method call's sender in :data:`CALLER` just before dispatch (the
+method's task inherits that context), and a NameOwnerChanged match releases the inhibits of a client
+that left the bus, crashed or not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dbus_fast import BusType, Message, MessageType, RequestNameReply
+from dbus_fast.aio import MessageBus
+
+from uc2otad.api import names
+from uc2otad.api.interface import CALLER, OTA1Interface
+from uc2otad.engine.core import Engine
+from uc2otad.errors import Uc2otadError
+
+_LOGGER = logging.getLogger(__name__)
+
+_NAME_OWNER_CHANGED = "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'"
+
+
+class BusNameTakenError(Uc2otadError):
+    """Another process owns ``org.openuc2.OTA1`` on this bus."""
+
+
+class DBusService:
+    """The daemon on the bus. ``start`` returns once the name is owned; ``stop`` releases everything."""
+
+    def __init__(self, engine: Engine, bus_type: BusType) -> None:
+        self._engine = engine
+        self._bus_type = bus_type
+        self._bus: MessageBus | None = None
+        self._interface: OTA1Interface | None = None
+
+    async def start(self) -> None:
+        """:raises BusNameTakenError: the name is owned by someone else"""
+        bus = await MessageBus(bus_type=self._bus_type).connect()
+        self._bus = bus
+        bus.add_message_handler(self._on_message)
+        await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[_NAME_OWNER_CHANGED],
+            )
+        )
+        self._interface = OTA1Interface(self._engine)
+        bus.export(names.OBJECT_PATH, self._interface)
+        reply = await bus.request_name(names.BUS_NAME)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            await self.stop()
+            raise BusNameTakenError(f"{names.BUS_NAME} is already owned on this bus: is uc2otad running?")
+        _LOGGER.info("api: serving %s on the %s bus", names.BUS_NAME, self._bus_type.name.lower())
+
+    async def stop(self) -> None:
+        """Leave the bus; safe to call twice."""
+        if self._interface is not None:
+            self._interface.close()
+            self._interface = None
+        if self._bus is not None:
+            self._bus.disconnect()
+            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            self._bus = None
+
+    def _on_message(self, message: Message) -> None:
+        if message.message_type is MessageType.METHOD_CALL and message.sender:
+            CALLER.set(message.sender)
+        elif message.message_type is MessageType.SIGNAL and message.member == "NameOwnerChanged":
+            name, _old_owner, new_owner = message.body
+            if not new_owner and name in self._engine.inhibit_owners:
+                self._engine.release_owner(name)

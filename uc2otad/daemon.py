@@ -1,0 +1,110 @@
+"""``uc2otad``: the daemon's entry point — settings, logging, engine, D-Bus, systemd notification.
+
+Start-up order matters to clients: the status store is opened and reconciled first, then the bus name
+is requested, and only once it is owned does systemd hear READY=1, so a client started "after" uc2otad
+can call it at once. SIGTERM or SIGINT sends STOPPING=1, leaves the bus and closes the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from dbus_fast import BusType
+
+from uc2otad import __version__, settings
+from uc2otad.api.service import BusNameTakenError, DBusService
+from uc2otad.engine.core import Engine
+from uc2otad.errors import ConfigError, Uc2otadError
+from uc2otad.logs import setup_logging
+from uc2otad.notify import notify, run_watchdog, watchdog_interval
+
+_LOGGER = logging.getLogger(__name__)
+
+#: exit status for a configuration the daemon refuses (CONTRACT.md §5)
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uc2otad", description="Firmware-update daemon for openUC2 microscopes"
+    )
+    bus = parser.add_mutually_exclusive_group()
+    bus.add_argument(
+        "--system", dest="bus", action="store_const", const="system", help="system bus (default)"
+    )
+    bus.add_argument("--session", dest="bus", action="store_const", const="session", help="session bus")
+    parser.add_argument("--config", type=Path, default=settings.SYSTEM_CONFIG_FILE, help="config file")
+    parser.add_argument("--serial-port", dest="serial.port", metavar="URL", help="the CAN HAT's serial port")
+    parser.add_argument("--baud", dest="serial.baud", type=int, metavar="N", help="its baud rate")
+    parser.add_argument("--firmware-server", dest="firmware.server", metavar="URL", help="firmware server")
+    parser.add_argument("--state-dir", dest="daemon.state_dir", metavar="DIR", help="state directory")
+    parser.add_argument("--cache-dir", dest="firmware.cache_dir", metavar="DIR", help="firmware cache")
+    parser.add_argument(
+        "--log-level", dest="daemon.log_level", metavar="L", help="debug, info, warning, error"
+    )
+    parser.add_argument("--version", action="version", version=f"uc2otad {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {key: value for key, value in vars(args).items() if "." in key and value is not None}
+    for key in ("daemon.state_dir", "firmware.cache_dir"):
+        if key in flags:
+            flags[key] = str(Path(flags[key]).absolute())
+    try:
+        config, persisted = settings.load(args.config, flags)
+    except ConfigError as err:
+        print(f"uc2otad: invalid configuration: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.daemon_log_level)
+    bus_type = BusType.SESSION if args.bus == "session" else BusType.SYSTEM
+    try:
+        return asyncio.run(run(config, persisted, bus_type))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def run(config: settings.Settings, persisted: dict[str, object], bus_type: BusType) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    engine = Engine(config, persisted)
+    service = DBusService(engine, bus_type)
+    try:
+        interrupted = await engine.start()
+        await service.start()
+    except (BusNameTakenError, Uc2otadError) as err:
+        _LOGGER.error("uc2otad: cannot start: %s", err)
+        await engine.stop()
+        return EXIT_FAILURE
+    notify("READY=1", f"STATUS=idle; {len(interrupted)} interrupted job(s) reconciled")
+    _LOGGER.info("uc2otad %s ready; state=%s", __version__, config.daemon_state_dir)
+
+    interval = watchdog_interval()
+    watchdog = asyncio.create_task(run_watchdog(interval)) if interval else None
+    await stop.wait()
+
+    notify("STOPPING=1")
+    _LOGGER.info("uc2otad: stopping")
+    if watchdog is not None:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+    await service.stop()
+    await engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

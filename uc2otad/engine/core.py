@@ -1,0 +1,244 @@
+"""The engine: what the daemon knows and does, behind whatever API a client uses.
+
+It owns the status store, the firmware repository, the WiFi credentials and the inhibitors, and reports
+every change through one observer list: a board's status (``StatusChanged``) or a daemon property
+(``PropertyChanged``). The D-Bus adapter only translates these into signals; nothing here knows D-Bus.
+Update jobs (StartOTA and friends) join with the update engine proper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as token
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uc2otad import __version__, secrets, settings
+from uc2otad.engine.store import JobRecord, StatusStore
+from uc2otad.errors import InvalidArgumentError, UnknownCookieError
+from uc2otad.firmware.cache import FirmwareCache
+from uc2otad.firmware.catalog import MAX_CAN_ID
+from uc2otad.firmware.repository import FirmwareRepository
+from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
+from uc2otad.retry import RetryPolicy
+from uc2otad.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """A board's status dict changed (CONTRACT.md §2)."""
+
+    can_id: int
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PropertyChanged:
+    """A daemon property changed; ``name`` is the D-Bus property name."""
+
+    name: str
+    value: Any
+
+
+Event = StatusChanged | PropertyChanged
+Observer = Callable[[Event], None]
+
+
+@dataclass
+class _Inhibitor:
+    cookie: str
+    reason: str
+    owner: str
+
+
+@dataclass
+class Properties:
+    """The daemon's read-only properties (CONTRACT.md §1), as plain values."""
+
+    version: str = __version__
+    firmware_server: str = ""
+    wifi_ssid: str = ""
+    master_connected: bool = False
+    busy: bool = False
+    inhibited: bool = False
+    progress: int = 0
+    last_error: str = ""
+
+
+#: Properties field → D-Bus property name
+PROPERTY_NAMES = {
+    "version": "Version",
+    "firmware_server": "FirmwareServer",
+    "wifi_ssid": "WiFiSSID",
+    "master_connected": "MasterConnected",
+    "busy": "Busy",
+    "inhibited": "Inhibited",
+    "progress": "Progress",
+    "last_error": "LastError",
+}
+
+
+def idle_status(can_id: int) -> dict[str, Any]:
+    """The status of a board no job ever touched."""
+    return {"can_id": can_id, "status": "idle"}
+
+
+def repository_for(config: Settings, server_url: str) -> FirmwareRepository:
+    http = HttpSettings(
+        connect_timeout=config.firmware_connect_timeout,
+        read_timeout=config.firmware_read_timeout,
+        transfer_timeout=config.firmware_transfer_timeout,
+        retry=RetryPolicy(attempts=config.firmware_attempts),
+    )
+    return FirmwareRepository(
+        FirmwareServer(server_url, settings=http),
+        FirmwareCache(config.firmware_cache_dir),
+        config.image_table(),
+    )
+
+
+class Engine:
+    """The daemon's state and operations. ``start`` before use, ``stop`` at the end."""
+
+    def __init__(
+        self, config: Settings, persisted: Mapping[str, object], *, state_dir: Path | None = None
+    ) -> None:
+        """:param persisted: the values set over D-Bus so far (from :func:`settings.load`)"""
+        self.config = config
+        self.state_dir = state_dir or config.daemon_state_dir
+        self.store = StatusStore(self.state_dir / "uc2otad.sqlite3")
+        self.repository = repository_for(config, config.firmware_server)
+        self.properties = Properties(firmware_server=self.repository.server.url, wifi_ssid=config.wifi_ssid)
+        self._persisted = dict(persisted)
+        self._observers: list[Observer] = []
+        self._inhibitors: dict[str, _Inhibitor] = {}
+        self._settings_lock = asyncio.Lock()
+
+    async def start(self) -> list[JobRecord]:
+        """Open the store (reconciling interrupted jobs) and the cache.
+
+        :returns: the jobs a crash had left running, now ``interrupted``
+        """
+        interrupted = await self.store.open()
+        await self.repository.cache.open()
+        return interrupted
+
+    async def stop(self) -> None:
+        await self.store.close()
+
+    # ---- observers ----------------------------------------------------------------------------------
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer`` for every event; returns the function that unsubscribes it."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def _emit(self, event: Event) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not stop the engine or the other observers
+                _LOGGER.exception("engine: observer %r failed on %r", observer, event)
+
+    def _set_property(self, name: str, value: Any) -> None:
+        if getattr(self.properties, name) == value:
+            return
+        setattr(self.properties, name, value)
+        self._emit(PropertyChanged(PROPERTY_NAMES[name], value))
+
+    # ---- status and history -------------------------------------------------------------------------
+
+    async def get_status(self, can_id: int) -> dict[str, Any]:
+        return await self.store.get_status(can_id) or idle_status(can_id)
+
+    async def all_status(self) -> dict[int, dict[str, Any]]:
+        return await self.store.all_status()
+
+    async def history(self, can_id: int) -> list[JobRecord]:
+        return await self.store.history(can_id)
+
+    # ---- firmware -----------------------------------------------------------------------------------
+
+    async def list_firmware(self) -> dict[str, Any]:
+        """The document's ``listAvailableFirmware`` response."""
+        catalog = await self.repository.catalog()
+        return catalog.as_document()
+
+    async def clear_firmware_cache(self) -> int:
+        """:raises CacheBusyError: an update reads the cache"""
+        return await self.repository.cache.clear()
+
+    async def set_firmware_server(self, url: str) -> None:
+        """Use ``url`` from now on and persist it.
+
+        :raises ConfigError: not an http(s) URL
+        """
+        normalized = normalize_server_url(url)
+        async with self._settings_lock:
+            await self._persist({"firmware.server": normalized})
+            self.repository = repository_for(self.config, normalized)
+        self._set_property("firmware_server", normalized)
+        _LOGGER.info("engine: firmware server set to %s", normalized)
+
+    # ---- WiFi credentials ---------------------------------------------------------------------------
+
+    async def set_wifi_credentials(self, ssid: str, password: str) -> None:
+        """Store the credentials the WiFi method sends to a slave; the password only in its 0600 file.
+
+        :raises ConfigError: SSID not 1..31 bytes, password not empty or 8..63 bytes
+        """
+        settings.check_ssid(ssid)
+        secrets.check_password(password)
+        async with self._settings_lock:
+            await asyncio.to_thread(secrets.write_password, self.state_dir, password)
+            await self._persist({"wifi.ssid": ssid})
+        self._set_property("wifi_ssid", ssid)
+        _LOGGER.info("engine: WiFi credentials set ssid=%s password=%s", ssid, "set" if password else "none")
+
+    async def wifi_password(self) -> str:
+        return await asyncio.to_thread(secrets.read_password, self.state_dir)
+
+    async def _persist(self, values: Mapping[str, object]) -> None:
+        merged = {**self._persisted, **values}
+        await asyncio.to_thread(settings.write_persisted, self.state_dir, merged)
+        self._persisted = merged
+
+    # ---- inhibit ------------------------------------------------------------------------------------
+
+    def inhibit(self, reason: str, owner: str) -> str:
+        """Hold off new jobs until :meth:`uninhibit` or until ``owner`` goes away; returns the cookie."""
+        cookie = token.token_hex(8)
+        self._inhibitors[cookie] = _Inhibitor(cookie, reason, owner)
+        _LOGGER.info("engine: inhibited by %s: %s", owner, reason)
+        self._set_property("inhibited", True)
+        return cookie
+
+    def uninhibit(self, cookie: str) -> None:
+        """:raises UnknownCookieError: no inhibit with this cookie"""
+        if self._inhibitors.pop(cookie, None) is None:
+            raise UnknownCookieError(f"no inhibit with cookie {cookie!r}")
+        self._set_property("inhibited", bool(self._inhibitors))
+
+    def release_owner(self, owner: str) -> None:
+        """Drop every inhibit held by ``owner`` (a D-Bus client that left the bus)."""
+        for cookie in [c for c, held in self._inhibitors.items() if held.owner == owner]:
+            _LOGGER.info("engine: %s left; its inhibit %r ends", owner, self._inhibitors[cookie].reason)
+            del self._inhibitors[cookie]
+        self._set_property("inhibited", bool(self._inhibitors))
+
+    @property
+    def inhibit_owners(self) -> set[str]:
+        return {held.owner for held in self._inhibitors.values()}
+
+
+def check_can_id(can_id: int, *, allow_all: bool = False) -> int:
+    """:raises InvalidArgumentError: outside 1..127 (0 too, unless ``allow_all``: 0 = every board)"""
+    low = 0 if allow_all else 1
+    if not low <= can_id <= MAX_CAN_ID:
+        raise InvalidArgumentError(f"CAN id must be {low}..{MAX_CAN_ID}, not {can_id}")
+    return can_id
