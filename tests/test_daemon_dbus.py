@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from espimage import build_app_image
+from journal_socket import JOURNAL_SOCKET, JournalSocket
 
 from uc2otad.api import names
+from uc2otad.engine.store import JobRecord, StatusStore
 
 XML_FILE = Path(__file__).parent.parent / "dbus" / "org.openuc2.OTA1.xml"
 PASSWORD = "secret-Lab-Passw0rd"
@@ -303,3 +308,40 @@ def test_the_xml_names_every_member_once() -> None:
     members = [f"{member.tag} {member.get('name')}" for member in interface]
     assert len(members) == len(set(members))
     assert "method GetStatus" in members and "signal OTAStatusChanged" in members
+
+
+@pytest.fixture
+def journal() -> Iterator[JournalSocket]:
+    if JOURNAL_SOCKET.exists():
+        pytest.skip("a journald runs here: its socket cannot be borrowed")
+    if os.geteuid() != 0:
+        pytest.skip("binding /run/systemd/journal/socket needs root")
+    sink = JournalSocket()
+    yield sink
+    sink.close()
+
+
+async def test_journal_entries_carry_the_uc2_fields_and_interrupted_jobs_are_reconciled(
+    start_daemon: DaemonFactory, client: MessageBus, journal: JournalSocket, tmp_path: Path
+) -> None:
+    # a job row left "running", as a daemon killed with SIGKILL mid-update leaves it
+    store = StatusStore(tmp_path / "daemon" / "state" / "uc2otad.sqlite3")
+    await store.open()
+    await store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading"})
+    await store.begin_job(JobRecord(job_id="job-killed", can_id=11, method="wifi"))
+    await store.close()
+
+    await start_daemon()
+    entry = await asyncio.to_thread(journal.wait_for, "UC2_JOB_ID", "job-killed")
+    assert entry["UC2_CAN_ID"] == "11"
+    assert entry["UC2_PHASE"] == "interrupted"
+    assert entry["SYSLOG_IDENTIFIER"] == "uc2otad"
+    assert entry["PRIORITY"] == "4"  # warning
+    assert "interrupted" in entry["MESSAGE"]
+
+    history = unwrap((await call(client, "GetHistory", "u", 11)).body[0])
+    assert [(job["job_id"], job["state"], job["error_code"]) for job in history] == [
+        ("job-killed", "failed", "interrupted")
+    ]
+    status = unwrap((await call(client, "GetStatus", "u", 11)).body[0])
+    assert (status["status"], status["error_code"]) == ("failed", "interrupted")

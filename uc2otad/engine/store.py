@@ -189,7 +189,13 @@ class StatusStore:
             raise
         self._connection = connection
         for job in interrupted:
-            _LOGGER.warning("%s: job %s on board %d was interrupted", self, job.job_id, job.can_id)
+            _LOGGER.warning(
+                "%s: job %s on board %d was interrupted",
+                self,
+                job.job_id,
+                job.can_id,
+                extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "interrupted"},
+            )
         return interrupted
 
     def _close(self, connection: sqlite3.Connection) -> None:
