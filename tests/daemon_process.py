@@ -44,8 +44,10 @@ class DaemonProcess:
             self.config.write_text("")
 
     @property
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.poll()
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("uc2otad is not running")
+        return self._process.pid
 
     def start(self) -> None:
         """Start and return once the daemon said READY=1."""

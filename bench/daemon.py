@@ -1,0 +1,104 @@
+"""Benchmark the idle daemon: RSS, start-to-READY, GetStatus round trip, idle wake-ups.
+
+Run: ``.venv/bin/python bench/daemon.py [--calls 2000] [--idle 10]``. It starts a private dbus-daemon
+and uc2otad exactly as the tests do (tests/buses.py, tests/daemon_process.py), measures, and prints a
+Markdown table for docs/benchmarks.md. Targets (issue 6): RSS <= 30 MB, start-to-READY <= 0.3 s,
+GetStatus p99 <= 5 ms, no periodic wake-ups but the watchdog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from buses import PrivateBus
+from daemon_process import DaemonProcess
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+
+from uc2otad.api import names
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread: each one is a wake-up."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = dict(
+            line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line
+        )
+        total += int(status["voluntary_ctxt_switches"]) + int(status["nonvoluntary_ctxt_switches"])
+    return total
+
+
+async def round_trips(address: str, calls: int) -> list[float]:
+    bus = await MessageBus(bus_address=address).connect()
+    message = Message(destination=names.BUS_NAME, path=names.OBJECT_PATH, interface=names.INTERFACE,
+                      member="GetStatus", signature="u", body=[11])  # fmt: skip
+    timings = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await bus.call(message)
+        timings.append(time.perf_counter() - start)
+    bus.disconnect()
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle to count wake-ups")
+    parser.add_argument("--starts", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        (workdir / "bus").mkdir()
+        bus = PrivateBus(workdir / "bus")
+        bus.start()
+        try:
+            ready_times = []
+            daemon = DaemonProcess(workdir, bus.address)
+            for _ in range(args.starts):
+                start = time.perf_counter()
+                daemon.start()
+                ready_times.append(time.perf_counter() - start)
+                daemon.stop()
+            daemon.start()
+            pid = daemon.pid
+            timings = asyncio.run(round_trips(bus.address, args.calls))
+            rss_kib = int(proc_status(pid)["VmRSS"].split()[0])
+            before = context_switches(pid)
+            time.sleep(args.idle)
+            wakeups = context_switches(pid) - before
+            daemon.close()
+        finally:
+            bus.stop()
+
+    timings.sort()
+    p50 = statistics.median(timings) * 1000
+    p99 = timings[int(len(timings) * 0.99) - 1] * 1000
+    print("| measure | value | target |")
+    print("|---|---|---|")
+    print(f"| idle RSS after READY | {rss_kib / 1024:.1f} MiB | <= 30 MB |")
+    print(
+        f"| start to READY=1 (median of {args.starts}) | {statistics.median(ready_times):.3f} s | <= 0.3 s |"
+    )
+    print(f"| GetStatus round trip p50 / p99 ({args.calls} calls) | {p50:.2f} / {p99:.2f} ms | p99 <= 5 ms |")
+    print(f"| wake-ups in {args.idle:.0f} s idle, no watchdog | {wakeups} | 0 periodic |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
