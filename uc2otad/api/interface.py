@@ -5,19 +5,18 @@ Argument rules are the contract's (CONTRACT.md §1); every failure leaves as a n
 built: no placeholders.
 """
 
-# No ``from __future__ import annotations`` here: dbus-fast reads these annotations at class creation,
-# and would take the string "None" of a method without a result for a D-Bus signature.
+from __future__ import annotations
+
 import contextvars
 import logging
-from typing import Annotated
 
 from dbus_fast import Variant
-from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from uc2otad.api import names
 from uc2otad.api.errors import translated
+from uc2otad.api.signatures import dbus_types
 from uc2otad.api.variants import to_variant_dict
 from uc2otad.engine.core import Engine, PropertyChanged, StatusChanged, check_can_id
 from uc2otad.errors import InvalidArgumentError
@@ -30,8 +29,7 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("uc2otad_caller", d
 #: an inhibit reason is shown to people; keep it to a line
 MAX_REASON_LENGTH = 256
 
-DBusStatusMap = Annotated[dict[str, dict[str, Variant]], DBusSignature("a{sa{sv}}")]
-DBusDictList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+VariantDict = dict[str, Variant]
 
 
 class OTA1Interface(ServiceInterface):
@@ -53,100 +51,116 @@ class OTA1Interface(ServiceInterface):
 
     # ---- status -------------------------------------------------------------------------------------
 
-    @dbus_method(name="GetStatus")
+    @method(name="GetStatus")
+    @dbus_types("u", returns="a{sv}")
     @translated
-    async def get_status(self, can_id: DBusUInt32) -> DBusDict:
+    async def get_status(self, can_id: int) -> VariantDict:
         return to_variant_dict(await self._engine.get_status(check_can_id(can_id)))
 
-    @dbus_method(name="GetAllStatus")
+    @method(name="GetAllStatus")
+    @dbus_types(returns="a{sa{sv}}")
     @translated
-    async def get_all_status(self) -> DBusStatusMap:
+    async def get_all_status(self) -> dict[str, VariantDict]:
         statuses = await self._engine.all_status()
         return {str(can_id): to_variant_dict(status) for can_id, status in sorted(statuses.items())}
 
-    @dbus_method(name="GetHistory")
+    @method(name="GetHistory")
+    @dbus_types("u", returns="aa{sv}")
     @translated
-    async def get_history(self, can_id: DBusUInt32) -> DBusDictList:
+    async def get_history(self, can_id: int) -> list[VariantDict]:
         jobs = await self._engine.history(check_can_id(can_id, allow_all=True))
         return [to_variant_dict(job.as_dict()) for job in jobs]
 
     # ---- firmware -----------------------------------------------------------------------------------
 
-    @dbus_method(name="ListFirmware")
+    @method(name="ListFirmware")
+    @dbus_types(returns="a{sv}")
     @translated
-    async def list_firmware(self) -> DBusDict:
+    async def list_firmware(self) -> VariantDict:
         return to_variant_dict(await self._engine.list_firmware())
 
-    @dbus_method(name="SetFirmwareServer")
+    @method(name="SetFirmwareServer")
+    @dbus_types("s")
     @translated
-    async def set_firmware_server(self, url: DBusStr) -> None:
+    async def set_firmware_server(self, url: str) -> None:
         await self._engine.set_firmware_server(url)
 
-    @dbus_method(name="ClearFirmwareCache")
+    @method(name="ClearFirmwareCache")
+    @dbus_types()
     @translated
     async def clear_firmware_cache(self) -> None:
         await self._engine.clear_firmware_cache()
 
     # ---- settings -----------------------------------------------------------------------------------
 
-    @dbus_method(name="SetWiFiCredentials")
+    @method(name="SetWiFiCredentials")
+    @dbus_types("s", "s")
     @translated
-    async def set_wifi_credentials(self, ssid: DBusStr, password: DBusStr) -> None:
+    async def set_wifi_credentials(self, ssid: str, password: str) -> None:
         await self._engine.set_wifi_credentials(ssid, password)
 
     # ---- inhibit ------------------------------------------------------------------------------------
 
-    @dbus_method(name="Inhibit")
+    @method(name="Inhibit")
+    @dbus_types("s", returns="s")
     @translated
-    async def inhibit(self, reason: DBusStr) -> DBusStr:
+    async def inhibit(self, reason: str) -> str:
         reason = reason.strip()
         if not reason or len(reason) > MAX_REASON_LENGTH or not reason.isprintable():
             raise InvalidArgumentError(f"reason must be 1..{MAX_REASON_LENGTH} printable characters")
         return self._engine.inhibit(reason, CALLER.get() or "unknown")
 
-    @dbus_method(name="Uninhibit")
+    @method(name="Uninhibit")
+    @dbus_types("s")
     @translated
-    async def uninhibit(self, cookie: DBusStr) -> None:
+    async def uninhibit(self, cookie: str) -> None:
         self._engine.uninhibit(cookie)
 
     # ---- signals ------------------------------------------------------------------------------------
 
-    @dbus_signal(name="OTAStatusChanged")
-    def ota_status_changed(
-        self, can_id: int, status: dict[str, Variant]
-    ) -> Annotated[tuple[int, dict[str, Variant]], DBusSignature("ua{sv}")]:
+    @signal(name="OTAStatusChanged")
+    @dbus_types("u", "a{sv}", returns="ua{sv}")
+    def ota_status_changed(self, can_id: int, status: VariantDict) -> tuple[int, VariantDict]:
         return can_id, status
 
     # ---- properties ---------------------------------------------------------------------------------
 
     @dbus_property(name="Version", access=PropertyAccess.READ)
-    def version(self) -> DBusStr:
+    @dbus_types(returns="s")
+    def version(self) -> str:
         return self._engine.properties.version
 
     @dbus_property(name="FirmwareServer", access=PropertyAccess.READ)
-    def firmware_server(self) -> DBusStr:
+    @dbus_types(returns="s")
+    def firmware_server(self) -> str:
         return self._engine.properties.firmware_server
 
     @dbus_property(name="WiFiSSID", access=PropertyAccess.READ)
-    def wifi_ssid(self) -> DBusStr:
+    @dbus_types(returns="s")
+    def wifi_ssid(self) -> str:
         return self._engine.properties.wifi_ssid
 
     @dbus_property(name="MasterConnected", access=PropertyAccess.READ)
-    def master_connected(self) -> DBusBool:
+    @dbus_types(returns="b")
+    def master_connected(self) -> bool:
         return self._engine.properties.master_connected
 
     @dbus_property(name="Busy", access=PropertyAccess.READ)
-    def busy(self) -> DBusBool:
+    @dbus_types(returns="b")
+    def busy(self) -> bool:
         return self._engine.properties.busy
 
     @dbus_property(name="Inhibited", access=PropertyAccess.READ)
-    def inhibited(self) -> DBusBool:
+    @dbus_types(returns="b")
+    def inhibited(self) -> bool:
         return self._engine.properties.inhibited
 
     @dbus_property(name="Progress", access=PropertyAccess.READ)
-    def progress(self) -> DBusUInt32:
+    @dbus_types(returns="u")
+    def progress(self) -> int:
         return self._engine.properties.progress
 
     @dbus_property(name="LastError", access=PropertyAccess.READ)
-    def last_error(self) -> DBusStr:
+    @dbus_types(returns="s")
+    def last_error(self) -> str:
         return self._engine.properties.last_error
