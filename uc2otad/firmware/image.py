@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any
 
+from uc2otad.cli import EX_NOINPUT, UsageErrorParser
 from uc2otad.errors import (
     ConfigError,
     ImageError,
@@ -731,18 +732,6 @@ def _rev(full: int) -> str:
 
 # --------------------------------------------------------------------------- CLI
 
-#: sysexits.h: ``EX_USAGE`` for a bad command line, ``EX_NOINPUT`` for a file that cannot be read
-EX_USAGE = 64
-EX_NOINPUT = 66
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse exits 2 on a usage error; sysexits (and our callers) expect 64."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
-
 
 def _chip_arg(value: str) -> str:
     try:
@@ -761,8 +750,8 @@ def _size_arg(value: str) -> int:
     return size
 
 
-def _build_parser() -> _ArgumentParser:
-    parser = _ArgumentParser(
+def _build_parser() -> UsageErrorParser:
+    parser = UsageErrorParser(
         prog="python -m uc2otad.firmware.image",
         description="Print what an ESP firmware image is, as JSON; exit 1 when it is not valid.",
     )
