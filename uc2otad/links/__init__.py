@@ -1,4 +1,11 @@
 """How uc2otad reaches the CAN bus: the master CAN HAT over serial (and later SocketCAN).
 
-A link offers commands and events; it knows nothing about jobs.
+A link offers commands and events; it knows nothing about jobs. One module per job:
+
+- ``frames``: bytes from the master into frames, bare JSON lines and log lines (pure, bounded);
+- ``replies``: which message answers which command (qid or shape); event listeners;
+- ``base``: the ``Link`` template — state, reader thread, deadlines, logging, reconnecting;
+- ``serial_hat``: ``SerialHatLink``, the HAT on any pyserial URL, with its commands;
+- ``commands``: the HAT's requests, reply shapes and typed results;
+- ``reconnect``, ``ports``, ``redact``: backoff, finding a re-plugged adapter, hiding secrets in logs.
 """

@@ -1,0 +1,97 @@
+"""UC2-REST, the openUC2 host library written against the real firmware, talks to our virtual master.
+
+UC2-REST is an independent reading of the same protocol (it was written against real HATs), so its
+connect handshake and ``can.scan()`` working here is evidence that the simulator answers like the
+firmware — not merely like our own client expects.
+
+It may be skipped only where it cannot be installed (PyPI unreachable, outside CI); in CI it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from serial.tools.list_ports_common import ListPortInfo
+
+from uc2otad.sim.config import SimConfig
+from uc2otad.sim.master import MasterTiming
+from uc2otad.sim.microscope import VirtualMicroscope
+from uc2otad.sim.nodes import UNVERSIONED, default_node
+
+NODES = (
+    default_node(10),
+    replace(default_node(11), reports="build"),
+    replace(default_node(12), reports="none"),
+    replace(default_node(20), online=False),
+    default_node(30),
+)
+# UC2-REST pulses DTR/RTS to reset a board unless the port is a native-USB ESP32-S3 ("USB JTAG/serial
+# debug unit"). A pty has no modem lines (the ioctl fails with ENOTTY), so we present the port as one
+# of those, which takes UC2-REST's own no-reset path; everything after that is unchanged.
+NO_RESET_DESCRIPTION = "USB JTAG/serial debug unit"
+
+
+@pytest.fixture
+def uc2rest_module() -> ModuleType:
+    try:
+        return importlib.import_module("uc2rest")
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("uc2-rest is not installed: CI must install the test extras")
+        pytest.skip("uc2-rest is not installed (PyPI unreachable?)")
+
+
+@pytest.fixture
+async def scope(tmp_path: Path) -> AsyncIterator[VirtualMicroscope]:
+    config = SimConfig(nodes=NODES, timing=MasterTiming(sdo_timeout=0.02), serial_link=tmp_path / "ttyHAT")
+    async with VirtualMicroscope(config) as scope:
+        yield scope
+
+
+def connect_and_scan(module: ModuleType, device: str) -> dict[str, Any]:
+    """What a UC2-REST user does: connect (requiring a master), scan, read the build info."""
+    port = ListPortInfo(device)
+    port.description = NO_RESET_DESCRIPTION
+    client = module.UC2Client(serialport=port, baudrate=921600, requireMaster=True)
+    try:
+        return {
+            "connected": client.serial.is_connected,
+            "identity": dict(client.serial.firmware_info),
+            "reply": client.can.scan(),
+            "ids": client.can.get_can_ids(),
+            "build_info": client.can.get_device_build_info(),
+        }
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)  # UC2-REST drains the port for at least a second while connecting
+async def test_uc2rest_connects_and_its_scan_lists_the_slaves_with_versions(
+    uc2rest_module: ModuleType, scope: VirtualMicroscope
+) -> None:
+    seen = await asyncio.to_thread(connect_and_scan, uc2rest_module, scope.pty.path)
+    assert seen["connected"]
+    assert seen["identity"]["isMaster"] and seen["identity"]["fwVersion"] == scope.config.master_version
+
+    reply = seen["reply"]
+    assert isinstance(reply, list) and len(reply) == 1, f"no scan reply: {reply!r}"
+    assert reply[0]["count"] == len(NODES)
+    assert seen["ids"] == [node.can_id for node in NODES]
+    expected = {
+        node.can_id: {
+            "build": node.build,
+            "fwVersion": node.version if node.reports == "version" else UNVERSIONED,
+            "mac": node.mac,
+        }
+        for node in NODES
+        if node.online and node.reports != "none"
+    }
+    assert seen["build_info"] == expected

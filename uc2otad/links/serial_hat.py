@@ -1,0 +1,230 @@
+"""The master CAN HAT on a serial port: pyserial underneath, the HAT's commands on top.
+
+Any pyserial URL works (``serial_for_url``): a device path, a pty, ``socket://host:port``,
+``rfc2217://host:port``. Opening runs the UC2-REST handshake (``/state_get``, answered in a ``++``
+frame), so an open link is known to reach a UC2 master; with baud probing, the other of the two baud
+rates the HATs use is tried when the first gets no answer (``uc2-stack.md`` §2.1).
+
+Main constraint: the HAT's USB port comes and goes (unplug, reboot into the ROM loader for flashing).
+A lost port reconnects with backoff, to the same path or, for a plain device path, to the adapter found
+again by its USB identity (:mod:`uc2otad.links.ports`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+from serial.tools.list_ports import comports
+from serial.tools.list_ports_common import ListPortInfo
+
+from uc2otad.errors import HandshakeError, LinkIOError, LinkOpenError, LinkProtocolError, LinkTimeoutError
+from uc2otad.links import commands
+from uc2otad.links.base import Link, LinkSettings
+from uc2otad.links.commands import BusHealth, MasterIdentity, ScanResult
+from uc2otad.links.ports import PortIdentity, find_port, identify_port
+
+_LOGGER = logging.getLogger(__name__)
+
+#: current masters (``UC2_canopen_master``, ``UC2_3_CAN_HAT_Master_v2``) run at 921600 baud
+DEFAULT_BAUD = 921600
+#: older HAT builds (``UC2_3_CAN_HAT_Master``) and UC2-REST's default
+LEGACY_BAUD = 115200
+#: seconds for the ``/state_get`` answer when opening; UC2-REST's identity probe waits 2 s
+HANDSHAKE_TIMEOUT = 2.0
+#: seconds for a bus scan; UC2-REST ``can.scan(timeout=5)``
+SCAN_TIMEOUT = 5.0
+#: seconds for a scan that also probes ids outside the routing table; UC2-REST ``can.discover(timeout=8)``
+PROBE_SCAN_TIMEOUT = 8.0
+#: seconds for ``/can_get``; UC2-REST ``can.get_available_devices(timeout=2)``
+BUS_HEALTH_TIMEOUT = 2.0
+#: seconds for the restart acknowledgement; UC2-REST ``can.reboot_remote(timeout=2)``
+RESTART_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class HatSettings(LinkSettings):
+    """The link's settings plus the timeouts of the HAT's commands."""
+
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    scan_timeout: float = SCAN_TIMEOUT
+    probe_scan_timeout: float = PROBE_SCAN_TIMEOUT
+    bus_health_timeout: float = BUS_HEALTH_TIMEOUT
+    restart_timeout: float = RESTART_TIMEOUT
+
+
+class SerialHatLink(Link[Any]):
+    """The master CAN HAT at ``url``.
+
+    :param baud: the baud rate to use (or to try first, with ``probe_baud``)
+    :param probe_baud: also try the other of 921600 and 115200 when the first gets no answer
+    :param reconnect: reopen the port with backoff when it is lost
+    :param list_ports: how to enumerate serial ports (default ``serial.tools.list_ports.comports``)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        baud: int = DEFAULT_BAUD,
+        probe_baud: bool = False,
+        settings: HatSettings | None = None,
+        reconnect: bool = True,
+        list_ports: Callable[[], Iterable[ListPortInfo]] = comports,
+    ) -> None:
+        self.hat_settings = settings or HatSettings()
+        super().__init__(url, settings=self.hat_settings, reconnect=reconnect)
+        self.url = url
+        others = [rate for rate in (DEFAULT_BAUD, LEGACY_BAUD) if rate != baud] if probe_baud else []
+        self._bauds = (baud, *others)
+        #: the baud rate of the open port (the one that answered)
+        self.baud = baud
+        #: what the master said about itself when the link (re)opened
+        self.identity: MasterIdentity | None = None
+        self._port_identity: PortIdentity | None = None
+        self._list_ports = list_ports
+
+    # ---- the HAT's commands ---------------------------------------------------------------------------
+
+    async def get_identity(self) -> MasterIdentity:
+        """The master's ``/state_get`` identity, asked now.
+
+        :raises LinkError: see :meth:`Link.request`; LinkProtocolError for a reply without ``state``
+        """
+        reply = await self.request(commands.state_command(), timeout=self.hat_settings.handshake_timeout)
+        return commands.parse_identity(reply)
+
+    async def scan(self, *, probe_range: tuple[int, int] | None = None) -> ScanResult:
+        """Scan the bus (``/can_act scan``).
+
+        :param probe_range: also SDO-probe these ids (inclusive) for nodes outside the routing table
+        :raises ValueError: a probe range outside 1..127
+        :raises LinkError: see :meth:`Link.request`; LinkProtocolError for a reply without a scan list
+        """
+        command = commands.scan_command(probe_range)
+        settings = self.hat_settings
+        timeout = settings.scan_timeout if probe_range is None else settings.probe_scan_timeout
+        return commands.parse_scan(await self.request(command, timeout=timeout))
+
+    async def bus_health(self) -> BusHealth:
+        """The master's CANopen state and CAN error counters (``/can_get``).
+
+        :raises LinkError: see :meth:`Link.request`; LinkProtocolError for a reply without ``nodeId``
+        """
+        reply = await self.request(
+            commands.bus_health_command(),
+            reply=commands.BUS_HEALTH_REPLY,
+            timeout=self.hat_settings.bus_health_timeout,
+        )
+        return commands.parse_bus_health(reply)
+
+    async def restart_node(self, node_id: int) -> None:
+        """Ask the master to restart node ``node_id`` (0: the master itself).
+
+        The node reboots about 200 ms after the acknowledgement.
+
+        :raises ValueError: ``node_id`` outside 0..127
+        :raises MasterError: the master could not reach the node
+        :raises LinkError: see :meth:`Link.request`
+        """
+        reply = await self.request(
+            commands.restart_command(node_id),
+            reply=commands.restart_reply(node_id),
+            timeout=self.hat_settings.restart_timeout,
+        )
+        commands.check_restart(reply, node_id)
+
+    # ---- opening: the handshake and baud probing ------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """One open attempt per baud rate to try, until the master answers at one."""
+        for baud in self._bauds:
+            self.baud = baud
+            try:
+                await super()._connect()
+            except HandshakeError:
+                if baud == self._bauds[-1]:
+                    raise
+                _LOGGER.debug("%s: no answer at %d baud, trying the next rate", self.name, baud)
+                continue
+            if len(self._bauds) > 1:
+                _LOGGER.info("%s: master answers at %d baud", self.name, baud)
+                # try this rate first when reconnecting: the master does not change it
+                self._bauds = (baud, *(rate for rate in self._bauds if rate != baud))
+            return
+
+    async def _handshake(self) -> None:
+        """UC2-REST's test of a port: a board that answers ``/state_get`` in a frame speaks UC2."""
+        try:
+            timeout = self.hat_settings.handshake_timeout
+            reply = await self._exchange(commands.state_command(), reply=None, timeout=timeout, send_qid=True)
+            identity = commands.parse_identity(reply)
+        except (LinkTimeoutError, LinkProtocolError) as err:
+            message = f"{self.url}: no UC2 master answered /state_get at {self.baud} baud ({err})"
+            raise HandshakeError(message, port=self.url) from err
+        if not identity.is_master:
+            _LOGGER.warning("%s: the board is not a master build: pindef=%r", self.name, identity.pindef)
+        _LOGGER.info(
+            "%s: master %s pindef=%s version=%s built=%s",
+            self.name, identity.name, identity.pindef, identity.version or "-", identity.build_date,
+        )  # fmt: skip
+        self.identity = identity
+
+    # ---- the port -------------------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        target = self._resolve_target()
+        try:
+            port = serial.serial_for_url(
+                target,
+                baudrate=self.baud,
+                timeout=self.settings.read_interval,
+                write_timeout=self.settings.write_timeout,
+                # one owner at a time: a second uc2otad (or anything else that locks) gets an error
+                exclusive=True,
+            )
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise LinkOpenError(f"{self.url}: cannot open {target}: {err}", port=self.url) from err
+        if "://" not in self.url and self._port_identity is None:
+            self._port_identity = identify_port(target, self._list_ports())
+        return port
+
+    def _resolve_target(self) -> str:
+        """The URL itself, or for a device path the adapter with the remembered USB identity."""
+        if self._port_identity is not None:
+            found = find_port(self._port_identity, self._list_ports())
+            if found is not None and found != self.url:
+                _LOGGER.info("%s: adapter found again as %s", self.name, found)
+                return found
+        return self.url
+
+    def _read(self, port: Any, limit: int) -> bytes:
+        waiting = port.in_waiting
+        data: bytes = port.read(min(waiting, limit) if waiting else 1)
+        return data
+
+    def _write(self, port: Any, data: bytes) -> None:
+        try:
+            port.write(data)
+        except serial.SerialTimeoutException as err:
+            message = f"{self.url}: write of {len(data)} bytes timed out after {self.settings.write_timeout}s"
+            raise LinkTimeoutError(message, port=self.url) from err
+        except (serial.SerialException, OSError) as err:
+            raise LinkIOError(f"{self.url}: write failed: {err}", port=self.url) from err
+
+    def _interrupt(self, port: Any) -> None:
+        cancel_read = getattr(port, "cancel_read", None)  # device paths and ptys have it; sockets do not
+        if cancel_read is not None:
+            try:
+                cancel_read()
+            except (serial.SerialException, OSError) as err:
+                _LOGGER.debug("%s: cancel_read: %s", self.name, err)
+
+    def _close(self, port: Any) -> None:
+        try:
+            port.close()
+        except (serial.SerialException, OSError) as err:  # closing a port that vanished may complain
+            _LOGGER.debug("%s: close: %s", self.name, err)

@@ -1,0 +1,196 @@
+"""What virtual microscope to build: one TOML file plus the command line of ``uc2otad-sim``.
+
+File layout (every table and key optional; unknown keys are refused, so a typo is an error, not a
+default silently kept)::
+
+    [master]   kind = "canopen" | "legacy"   version = "v2026.1.0"   build = "Oct  1 2026 09:26:22"
+               baud = 921600   log_noise = true   serial_link = "/run/uc2-sim/ttyHAT"   socket = true
+    [wifi]     ssid = "uc2-lab"   password = "uc2-lab-pass"
+    [firmware] dir = "firmware"          (relative to the file)
+    [timing]   restart_delay = 0.2 …     (any field of MasterTiming, seconds)
+    [[nodes]]  id = 11   role = "motor"   version = "…"   build = "…"   reports = "version"|"build"|"none"
+               mac = "…"   image = "…"   routed = true   online = true
+
+The virtual WiFi's credentials default to SSID ``uc2-lab`` and password ``uc2-lab-pass``, documented
+in ``CONTRACT.md`` §5 and not secret; the password is still never logged or printed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from uc2otad.errors import ConfigError
+from uc2otad.sim.master import DEFAULT_BAUD, MasterKind, MasterTiming
+from uc2otad.sim.nodes import (
+    DEFAULT_BUILD,
+    DEFAULT_NODE_IDS,
+    DEFAULT_VERSION,
+    NodeSpec,
+    Reports,
+    default_node,
+    mac_for,
+    role_for,
+)
+
+DEFAULT_SSID = "uc2-lab"
+DEFAULT_PASSWORD = "uc2-lab-pass"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything ``uc2otad-sim`` builds."""
+
+    nodes: tuple[NodeSpec, ...] = field(default_factory=lambda: tuple(map(default_node, DEFAULT_NODE_IDS)))
+    master_kind: MasterKind = MasterKind.CANOPEN
+    master_version: str = DEFAULT_VERSION
+    master_build: str = DEFAULT_BUILD
+    baud: int = DEFAULT_BAUD
+    log_noise: bool = True
+    #: the stable symlink to the pty; None: one in the simulator's private temporary folder
+    serial_link: Path | None = None
+    #: also serve the master on ``socket://127.0.0.1:P``
+    socket: bool = True
+    ssid: str = DEFAULT_SSID
+    password: str = field(default=DEFAULT_PASSWORD, repr=False)
+    #: served as the firmware server when set
+    firmware_dir: Path | None = None
+    timing: MasterTiming = field(default_factory=MasterTiming)
+
+
+def load_config(path: Path | None) -> SimConfig:
+    """The configuration in ``path``; the defaults without one.
+
+    :raises ConfigError: unreadable file, invalid TOML, unknown key, value of the wrong type
+    """
+    if path is None:
+        return SimConfig()
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError("config", f"cannot read {path}: {err}") from err
+    _only(document, "", {"master", "wifi", "firmware", "timing", "nodes"})
+    master_keys = {"kind", "version", "build", "baud", "log_noise", "serial_link", "socket"}
+    master = _table(document, "master", master_keys)
+    wifi = _table(document, "wifi", {"ssid", "password"})
+    firmware = _table(document, "firmware", {"dir"})
+    timing = _table(document, "timing", {item.name for item in fields(MasterTiming)})
+    defaults = SimConfig()
+    return SimConfig(
+        nodes=_nodes(document.get("nodes"), defaults.nodes),
+        master_kind=_kind(_get(master, "master.kind", str, defaults.master_kind.value)),
+        master_version=_get(master, "master.version", str, defaults.master_version),
+        master_build=_get(master, "master.build", str, defaults.master_build),
+        baud=_get(master, "master.baud", int, defaults.baud),
+        log_noise=_get(master, "master.log_noise", bool, defaults.log_noise),
+        serial_link=_path(path, master.get("serial_link"), "master.serial_link"),
+        socket=_get(master, "master.socket", bool, defaults.socket),
+        ssid=_get(wifi, "wifi.ssid", str, defaults.ssid),
+        password=_get(wifi, "wifi.password", str, defaults.password),
+        firmware_dir=_path(path, firmware.get("dir"), "firmware.dir"),
+        timing=MasterTiming(**{key: _seconds(value, f"timing.{key}") for key, value in timing.items()}),
+    )
+
+
+def with_node_ids(config: SimConfig, ids: Sequence[int]) -> SimConfig:
+    """``config`` with exactly the nodes ``ids``: as configured where the file names them, else defaults.
+
+    :raises ConfigError: an id has no role
+    """
+    configured = {node.can_id: node for node in config.nodes}
+    return replace(config, nodes=tuple(configured.get(can_id) or default_node(can_id) for can_id in ids))
+
+
+def parse_node_ids(text: str) -> list[int]:
+    """``"10,11,20"`` as ids.
+
+    :raises ConfigError: not a comma-separated list of numbers, or an id twice
+    """
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise ConfigError("nodes", f"must be CAN ids separated by commas, not {text!r}") from err
+    if len(set(ids)) != len(ids):
+        raise ConfigError("nodes", f"lists an id twice: {text!r}")
+    return ids
+
+
+def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
+    if value is None:
+        return default
+    if not isinstance(value, list):
+        raise ConfigError("nodes", "must be an array of tables ([[nodes]])")
+    known = {"id", "role", "version", "build", "reports", "mac", "image", "routed", "online"}
+    specs: list[NodeSpec] = []
+    for number, item in enumerate(value, start=1):
+        prefix = f"nodes[{number}]."
+        if not isinstance(item, Mapping):
+            raise ConfigError(prefix.rstrip("."), "must be a table")
+        _only(item, prefix, known)
+        can_id = item.get("id")
+        if isinstance(can_id, bool) or not isinstance(can_id, int):
+            raise ConfigError(prefix + "id", f"must be a CAN id, not {can_id!r}")
+        if any(spec.can_id == can_id for spec in specs):
+            raise ConfigError(prefix + "id", f"CAN id {can_id} is listed twice")
+        specs.append(
+            NodeSpec(
+                can_id=can_id,
+                role=_get(item, prefix + "role", str, "") or role_for(can_id),
+                version=_get(item, prefix + "version", str, DEFAULT_VERSION),
+                build=_get(item, prefix + "build", str, DEFAULT_BUILD),
+                reports=cast(Reports, _get(item, prefix + "reports", str, "version")),
+                mac=_get(item, prefix + "mac", str, mac_for(can_id)),
+                image=_get(item, prefix + "image", str, ""),
+                routed=_get(item, prefix + "routed", bool, True),
+                online=_get(item, prefix + "online", bool, True),
+            )
+        )
+    return tuple(specs)
+
+
+def _kind(value: str) -> MasterKind:
+    try:
+        return MasterKind(value)
+    except ValueError:
+        raise ConfigError("master.kind", f"must be one of {[kind.value for kind in MasterKind]}") from None
+
+
+def _table(document: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
+    table = document.get(name, {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(name, "must be a table")
+    _only(table, name + ".", keys)
+    return table
+
+
+def _only(table: Mapping[str, Any], prefix: str, keys: set[str]) -> None:
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise ConfigError(prefix + unknown[0], f"unknown key; known: {', '.join(sorted(keys))}")
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type[T], default: T) -> T:
+    value = table.get(key.rsplit(".", 1)[-1], default)
+    # bool is an int in Python; a number where a flag is expected (or the other way) is a mistake
+    if value is not default and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+        raise ConfigError(key, f"must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _seconds(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(key, f"must be a number of seconds, not {value!r}")
+    return float(value)
+
+
+def _path(config_file: Path, value: Any, key: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a path, not {value!r}")
+    return (config_file.parent / value).resolve() if not Path(value).is_absolute() else Path(value)

@@ -1,0 +1,135 @@
+"""The whole virtual microscope: the master with its nodes, its ports, and optionally a firmware server.
+
+What ``uc2otad-sim`` runs and what tests start in-process. Starting acquires the parts one by one and
+undoes what it got when a later part fails; stopping releases everything it created — the pty, the
+symlink, the private folder, the sockets — so nothing outlives the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from uc2otad.sim.config import SimConfig
+from uc2otad.sim.firmware_server import SimFirmwareServer
+from uc2otad.sim.master import MasterIdentity, VirtualMaster
+from uc2otad.sim.nodes import NodeSpec
+from uc2otad.sim.pty_port import PtyPort
+from uc2otad.sim.socket_port import SocketPort
+
+_LOGGER = logging.getLogger(__name__)
+
+#: the stable symlink's name inside the simulator's private folder
+SERIAL_LINK_NAME = "ttyUC2HAT"
+
+
+class VirtualMicroscope:
+    """Start with ``async with VirtualMicroscope(config) as scope:``; see :meth:`ready_info`."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        identity = MasterIdentity(
+            kind=self.config.master_kind, version=self.config.master_version, build=self.config.master_build
+        )
+        self.master = VirtualMaster(
+            self.config.nodes,
+            identity=identity,
+            baud=self.config.baud,
+            timing=self.config.timing,
+            log_noise=self.config.log_noise,
+        )
+        self._pty: PtyPort | None = None
+        self.socket: SocketPort | None = None
+        self.firmware: SimFirmwareServer | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def start(self) -> None:
+        """Bring everything up; on failure, what was started is stopped again.
+
+        :raises OSError: a pty, folder or socket could not be created
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            link = self.config.serial_link
+            if link is None:
+                workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="uc2otad-sim-"))
+                stack.push_async_callback(asyncio.to_thread, shutil.rmtree, workdir, True)
+                link = workdir / SERIAL_LINK_NAME
+            self._pty = PtyPort(link, baud=self.config.baud)
+            self.master.attach(self._pty)
+            await self._pty.open()
+            stack.push_async_callback(self._pty.close)
+            if self.config.socket:
+                self.socket = SocketPort()
+                self.master.attach(self.socket)
+                await self.socket.open()
+                stack.push_async_callback(self.socket.close)
+            if self.config.firmware_dir is not None:
+                self.firmware = SimFirmwareServer(self.config.firmware_dir)
+                await self.firmware.start()
+                stack.push_async_callback(self.firmware.stop)
+            await self.master.start()
+            stack.push_async_callback(self.master.stop)
+            self._stack = stack.pop_all()
+        _LOGGER.info("virtual microscope ready on %s", self._pty.path)
+
+    @property
+    def pty(self) -> PtyPort:
+        """The master's serial port.
+
+        :raises RuntimeError: not started
+        """
+        if self._pty is None:
+            raise RuntimeError("the virtual microscope is not running")
+        return self._pty
+
+    async def stop(self) -> None:
+        """Stop everything started; safe to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+            _LOGGER.info("virtual microscope stopped")
+
+    async def __aenter__(self) -> VirtualMicroscope:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def ready_info(self) -> dict[str, Any]:
+        """The line ``uc2otad-sim`` prints when ready (``CONTRACT.md`` §5), plus where else to connect.
+
+        Beyond the contract: ``serial_link`` (a path that follows the pty when the port vanishes and
+        returns), ``serial_socket`` (the master over TCP) and ``master`` (the firmware generation).
+        """
+        return {
+            "serial_port": self.pty.path,
+            "baud": self.config.baud,
+            "firmware_server": self.firmware.url if self.firmware is not None else None,
+            "rom_loader": None,
+            "wifi": {"ssid": self.config.ssid},
+            "nodes": {
+                str(node.can_id): {
+                    "role": node.role,
+                    "ip": node.ip,
+                    "version": node.version,
+                    "reports": node.reports,
+                }
+                for node in self.config.nodes
+            },
+            "serial_link": self.pty.url,
+            "serial_socket": self.socket.url if self.socket is not None else None,
+            "master": self.config.master_kind.value,
+        }
+
+
+def _node_info(node: NodeSpec) -> dict[str, str]:
+    return {"role": node.role, "ip": node.ip, "version": node.version, "reports": node.reports}

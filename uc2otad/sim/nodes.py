@@ -1,0 +1,99 @@
+"""The boards on the virtual CAN bus: who they are and what a scan learns about them.
+
+Roles follow the firmware's node addressing (``uc2-stack.md`` §3.2): motors 10-19, lasers 20-24,
+LEDs 30-31, galvos 40-49, GPIO slave 60, PTZ bridge 61. What a node reports in a scan follows §2.4 and
+§7: ``version`` (a release string in ``fwVersion`` and the build time), ``build`` (only the build time;
+``fwVersion`` is the fixed "UC2-ESP v2.0" of firmware without release strings) or ``none`` (neither).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from uc2otad.errors import ConfigError
+
+Reports = Literal["version", "build", "none"]
+REPORTS: tuple[Reports, ...] = ("version", "build", "none")
+
+#: the virtual microscope of ``uc2otad-sim`` without options: four motors, a laser, an LED, a galvo
+DEFAULT_NODE_IDS = (10, 11, 12, 13, 20, 30, 40)
+DEFAULT_VERSION = "v2026.1.0"
+#: compile time in the firmware's ``__DATE__ " " __TIME__`` form
+DEFAULT_BUILD = "Oct  1 2026 09:26:22"
+#: what FW-main puts in ``fwVersion`` (OD 0x2500) when it has no release string (§7)
+UNVERSIONED = "UC2-ESP v2.0"
+
+_ROLE_RANGES: tuple[tuple[range, str], ...] = (
+    (range(10, 20), "motor"),
+    (range(20, 25), "laser"),
+    (range(30, 32), "led"),
+    (range(40, 50), "galvo"),
+    (range(60, 61), "gpio"),
+    (range(61, 62), "ptz"),
+)
+#: ``deviceType`` numbers. The spec shows motor 0 and laser 1; the others continue that order (an
+#: assumption: clients should go by ``deviceTypeStr``)
+DEVICE_TYPES = {"motor": 0, "laser": 1, "led": 2, "galvo": 3, "gpio": 4, "ptz": 5}
+#: ``deviceType`` of a probed node outside the master's routing table
+UNROUTED = -1
+
+
+def role_for(can_id: int) -> str:
+    """The role the firmware's addressing gives ``can_id``.
+
+    :raises ConfigError: no role has that id
+    """
+    for ids, role in _ROLE_RANGES:
+        if can_id in ids:
+            return role
+    raise ConfigError("nodes", f"CAN id {can_id} has no role (motors 10-19, lasers 20-24, LEDs 30-31, "
+                      "galvos 40-49, GPIO 60, PTZ 61)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One slave board of the virtual microscope."""
+
+    can_id: int
+    role: str
+    version: str = DEFAULT_VERSION
+    build: str = DEFAULT_BUILD
+    mac: str = ""
+    reports: Reports = "version"
+    #: the image name the node reports (``fwImage``, newer firmware); "" for none
+    image: str = ""
+    #: in the master's routing table; an unrouted node is found only by a probing scan
+    routed: bool = True
+    #: on the bus when the simulation starts
+    online: bool = True
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.can_id <= 127:
+            raise ConfigError("nodes", f"CAN id must be 2..127 (1 is the master), not {self.can_id}")
+        if self.role not in DEVICE_TYPES:
+            raise ConfigError("nodes", f"node {self.can_id}: unknown role {self.role!r}")
+        if self.reports not in REPORTS:
+            raise ConfigError("nodes", f"node {self.can_id}: reports must be one of {REPORTS}")
+
+    @property
+    def ip(self) -> str:
+        """The loopback address its ArduinoOTA server will use: ``127.0.0.1xx`` for node xx."""
+        return f"127.0.0.{100 + self.can_id}"
+
+    @property
+    def device_type(self) -> int:
+        return DEVICE_TYPES[self.role]
+
+
+def default_node(can_id: int) -> NodeSpec:
+    """Node ``can_id`` with its role by address, the default version and a MAC derived from the id.
+
+    :raises ConfigError: the id has no role
+    """
+    return NodeSpec(can_id=can_id, role=role_for(can_id), mac=mac_for(can_id))
+
+
+def mac_for(can_id: int) -> str:
+    """A locally administered MAC that names the node: ``02:55:43:32:00:0B`` for node 11."""
+    return f"02:55:43:32:00:{can_id:02X}"
