@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-STOP_TIMEOUT = 5.0
+from processes import terminate
 
 _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -56,12 +56,5 @@ class PrivateBus:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        terminate(self._process)
         self._process = None

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from processes import terminate
+
 #: seconds for Caddy to report "serving initial configuration"; it takes ~50 ms on a Raspberry Pi 4
 START_TIMEOUT = 20.0
 #: seconds for an access-log line to appear after its response reached us
 LOG_TIMEOUT = 5.0
-STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,7 @@ class CaddyServer:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        if self._process.stderr is not None:
-            self._process.stderr.close()
+        terminate(self._process)
         self._process = None
 
     def requests_for(self, name: str) -> list[AccessLogEntry]:

@@ -32,28 +32,26 @@ def blockbuster() -> Iterator[BlockBuster]:
         yield detector
 
 
-@pytest.fixture
-def caddy(tmp_path: Path) -> Iterator[CaddyServer]:
-    """The real Caddy serving an empty folder ``caddy.root`` as ``caddy.url`` (``…/firmware``)."""
+def _run_caddy(tmp_path: Path, *, tls: bool) -> Iterator[CaddyServer]:
     _require_program("caddy")
-    workdir = tmp_path / "caddy"
+    workdir = tmp_path / ("caddy-tls" if tls else "caddy")
     workdir.mkdir()
-    server = CaddyServer(workdir)
+    server = CaddyServer(workdir, tls=tls)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def caddy(tmp_path: Path) -> Iterator[CaddyServer]:
+    """The real Caddy serving an empty folder ``caddy.root`` as ``caddy.url`` (``…/firmware``)."""
+    yield from _run_caddy(tmp_path, tls=False)
 
 
 @pytest.fixture
 def caddy_tls(tmp_path: Path) -> Iterator[CaddyServer]:
     """The real Caddy over https, its certificate issued by its own local CA (``caddy_tls.ca_file``)."""
-    _require_program("caddy")
-    workdir = tmp_path / "caddy-tls"
-    workdir.mkdir()
-    server = CaddyServer(workdir, tls=True)
-    server.start()
-    yield server
-    server.stop()
+    yield from _run_caddy(tmp_path, tls=True)
 
 
 @pytest.fixture

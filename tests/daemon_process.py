@@ -7,14 +7,14 @@ soon as ``start`` returns, as a unit ordered after uc2otad.service could.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from processes import terminate
+
 READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 
 
 class DaemonProcess:
@@ -102,12 +102,7 @@ class DaemonProcess:
         """SIGTERM and wait; the exit status."""
         if self._process is None:
             return 0
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            status = self._process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            status = self._process.wait()
+        status = terminate(self._process)
         self._process = None
         return status
 
