@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from caddy import CaddyServer
 from conftest import DaemonFactory
+from dbus_client import add_match, call, properties, unwrap
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from espimage import build_app_image
@@ -24,49 +25,6 @@ from uc2otad.engine.store import JobRecord, StatusStore
 
 XML_FILE = Path(__file__).parent.parent / "dbus" / "org.openuc2.OTA1.xml"
 PASSWORD = "secret-Lab-Passw0rd"
-
-
-async def call(
-    client: MessageBus, member: str, signature: str = "", *body: Any, interface: str = ""
-) -> Message:
-    reply = await client.call(
-        Message(
-            destination=names.BUS_NAME,
-            path=names.OBJECT_PATH,
-            interface=interface or names.INTERFACE,
-            member=member,
-            signature=signature,
-            body=list(body),
-        )
-    )
-    assert reply is not None
-    return reply
-
-
-def unwrap(value: Any) -> Any:
-    """Variants (nested too) → plain values, for comparisons."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {key: unwrap(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [unwrap(item) for item in value]
-    return value
-
-
-async def add_match(client: MessageBus, rule: str) -> None:
-    """Ask the bus to route matching signals to ``client`` (the bus, not the daemon, takes AddMatch)."""
-    bus = "org.freedesktop.DBus"
-    message = Message(destination=bus, path="/org/freedesktop/DBus", interface=bus, member="AddMatch",
-                      signature="s", body=[rule])  # fmt: skip
-    reply = await client.call(message)
-    assert reply is not None and reply.message_type is MessageType.METHOD_RETURN, reply
-
-
-async def properties(client: MessageBus) -> dict[str, Any]:
-    reply = await call(client, "GetAll", "s", names.INTERFACE, interface="org.freedesktop.DBus.Properties")
-    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
-    return dict(unwrap(reply.body[0]))
 
 
 def interface_shape(xml: str) -> dict[str, Any]:

@@ -14,7 +14,8 @@ Uc2otadError
 │   └── CacheBusyError                     an update is reading the cache
 ├── LinkError                           the master CAN HAT cannot carry a command     link_lost
 │   ├── LinkOpenError                      the port cannot be opened
-│   │   └── HandshakeError                 the port opened, no UC2 master answered /state_get
+│   │   ├── HandshakeError                 the port opened, no UC2 master answered /state_get
+│   │   └── PortInUseError                 another program holds the port's lock (on-demand ownership)
 │   ├── LinkClosedError                    not open: never opened, closed, or reconnecting
 │   ├── LinkIOError                        reading or writing the port failed
 │   │   └── LinkLostError                  the port went away (unplugged, EIO)
@@ -216,6 +217,10 @@ class LinkOpenError(LinkError):
 
 class HandshakeError(LinkOpenError):
     """The port opened, but no UC2 master answered ``/state_get`` (wrong baud, other device, busy)."""
+
+
+class PortInUseError(LinkOpenError):
+    """Another program holds the port's exclusive lock: try again when it lets go."""
 
 
 class LinkClosedError(LinkError):

@@ -91,6 +91,14 @@ class OTA1Interface(ServiceInterface):
     async def clear_firmware_cache(self) -> None:
         await self._engine.clear_firmware_cache()
 
+    # ---- the bus ----------------------------------------------------------------------------------------
+
+    @method(name="ScanDevices")
+    @dbus_types(returns="aa{sv}")
+    @translated
+    async def scan_devices(self) -> list[VariantDict]:
+        return [to_variant_dict(board) for board in await self._engine.scan_devices()]
+
     # ---- settings -----------------------------------------------------------------------------------
 
     @method(name="SetWiFiCredentials")

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from uc2otad import __version__, secrets, settings
+from uc2otad.engine.master import MasterConnection, link_factory
 from uc2otad.engine.store import JobRecord, StatusStore
-from uc2otad.errors import InvalidArgumentError, UnknownCookieError
+from uc2otad.errors import FirmwareError, InvalidArgumentError, LinkClosedError, UnknownCookieError
 from uc2otad.firmware.cache import FirmwareCache
-from uc2otad.firmware.catalog import MAX_CAN_ID
+from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
 from uc2otad.retry import RetryPolicy
@@ -118,6 +119,15 @@ class Engine:
         self._observers: list[Observer] = []
         self._inhibitors: dict[str, _Inhibitor] = {}
         self._settings_lock = asyncio.Lock()
+        self.master = (
+            MasterConnection(
+                link_factory(config.serial_port, config.serial_baud),
+                config.serial_ownership,
+                lambda connected: self._set_property("master_connected", connected),
+            )
+            if config.serial_port
+            else None
+        )
 
     async def start(self) -> list[JobRecord]:
         """Open the store (reconciling interrupted jobs) and the cache.
@@ -126,9 +136,13 @@ class Engine:
         """
         interrupted = await self.store.open()
         await self.repository.cache.open()
+        if self.master is not None:
+            await self.master.start()
         return interrupted
 
     async def stop(self) -> None:
+        if self.master is not None:
+            await self.master.stop()
         await self.store.close()
 
     # ---- observers ----------------------------------------------------------------------------------
@@ -185,6 +199,44 @@ class Engine:
         self._set_property("firmware_server", normalized)
         _LOGGER.info("engine: firmware server set to %s", normalized)
 
+    # ---- the bus -----------------------------------------------------------------------------------
+
+    async def scan_devices(self) -> list[dict[str, Any]]:
+        """Every board the master knows (itself first), with whether the server has a different image.
+
+        ``update_available`` is left out when it cannot be known: the server unreachable, no image for
+        the board, or a board or image that reports no version.
+
+        :raises LinkClosedError: no master configured or connected
+        :raises LinkBusyError: a stream holds the link
+        :raises LinkError: the scan failed
+        """
+        if self.master is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
+        async with self.master.use("scan") as link:
+            scan = await link.scan()
+        try:
+            catalog = await self.repository.catalog()
+        except FirmwareError as err:
+            _LOGGER.warning("engine: scan without update information: %s", err)
+            catalog = None
+        boards = []
+        for node in ([scan.master] if scan.master else []) + list(scan.nodes):
+            board: dict[str, Any] = {
+                "can_id": node.can_id,
+                "role": node.role,
+                "reachable": node.reachable,
+                "fw_version": node.fw_version,
+                "build": node.build,
+                "mac": node.mac,
+            }
+            if catalog is not None and node.fw_version:
+                image = _image_for(catalog, node.can_id, node.fw_image)
+                if image is not None and image.version:
+                    board["update_available"] = image.version != node.fw_version
+            boards.append(board)
+        return boards
+
     # ---- WiFi credentials ---------------------------------------------------------------------------
 
     async def set_wifi_credentials(self, ssid: str, password: str) -> None:
@@ -234,6 +286,17 @@ class Engine:
     @property
     def inhibit_owners(self) -> set[str]:
         return {held.owner for held in self._inhibitors.values()}
+
+
+def _image_for(catalog: Catalog, can_id: int, reported: str | None) -> ResolvedImage | None:
+    try:
+        return (
+            catalog.resolve_master()
+            if can_id == MASTER_CAN_ID
+            else catalog.resolve(can_id, reported_image=reported)
+        )
+    except FirmwareError:
+        return None
 
 
 def check_can_id(can_id: int, *, allow_all: bool = False) -> int:

@@ -21,7 +21,14 @@ import serial
 from serial.tools.list_ports import comports
 from serial.tools.list_ports_common import ListPortInfo
 
-from uc2otad.errors import HandshakeError, LinkIOError, LinkOpenError, LinkProtocolError, LinkTimeoutError
+from uc2otad.errors import (
+    HandshakeError,
+    LinkIOError,
+    LinkOpenError,
+    LinkProtocolError,
+    LinkTimeoutError,
+    PortInUseError,
+)
 from uc2otad.links import commands
 from uc2otad.links.base import Link, LinkSettings
 from uc2otad.links.commands import BusHealth, MasterIdentity, ScanResult
@@ -187,6 +194,10 @@ class SerialHatLink(Link[Any]):
                 exclusive=True,
             )
         except (serial.SerialException, OSError, ValueError) as err:
+            if "exclusively lock" in str(err):  # pyserial's words when flock(LOCK_EX | LOCK_NB) fails
+                raise PortInUseError(
+                    f"{self.url}: {target} is in use by another program", port=self.url
+                ) from err
             raise LinkOpenError(f"{self.url}: cannot open {target}: {err}", port=self.url) from err
         if "://" not in self.url and self._port_identity is None:
             self._port_identity = identify_port(target, self._list_ports())

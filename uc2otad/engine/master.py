@@ -1,0 +1,113 @@
+"""The daemon's hold on the master CAN HAT: who may use the port, and whether it is there.
+
+Two ownership modes (CONTRACT.md §3):
+- ``exclusive`` (default): the daemon keeps the port open. A HAT that is absent at start-up, or goes
+  away, is tried again with backoff until it answers; ``MasterConnected`` follows.
+- ``on-demand``: the port is opened only for a scan or a job and closed right after, so ImSwitch can
+  use it in between; if someone else holds it then, the caller gets :class:`PortInUseError` (Busy).
+
+Either way a caller borrows the link with ``async with connection.use("scan") as link``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from uc2otad.errors import LinkClosedError, LinkError
+from uc2otad.links.base import ConnectionEvent
+from uc2otad.links.reconnect import ReconnectLogic
+from uc2otad.links.serial_hat import HatSettings, SerialHatLink
+
+_LOGGER = logging.getLogger(__name__)
+
+LinkFactory = Callable[[], SerialHatLink]
+
+
+class MasterConnection:
+    """The link to the master under one of the two ownership modes."""
+
+    def __init__(self, make_link: LinkFactory, ownership: str, on_connected: Callable[[bool], None]) -> None:
+        """
+        :param make_link: builds the (unopened) link; called once in exclusive mode, per use on demand
+        :param on_connected: told True/False whenever the port becomes usable or stops being so
+        """
+        self._make_link = make_link
+        self.ownership = ownership
+        self._on_connected = on_connected
+        self._link: SerialHatLink | None = None
+        self._opener: ReconnectLogic | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._stopping = False
+
+    @property
+    def link(self) -> SerialHatLink | None:
+        """The open link in exclusive mode; None when it is not open or on demand."""
+        return self._link if self._link is not None and self._link.is_open else None
+
+    async def start(self) -> None:
+        """In exclusive mode, start opening the port in the background; returns at once."""
+        if self.ownership != "exclusive":
+            return
+        link = self._make_link()
+        self._link = link
+        self._unsubscribe = link.on_connection(self._on_event)
+        self._opener = ReconnectLogic(f"master {link.name}", link.open)
+        # the first try without delay: a HAT that is there is used from the first second
+        try:
+            await link.open()
+        except LinkError as err:
+            _LOGGER.warning(
+                "master: %s: not available yet (%s); trying again in the background", link.name, err
+            )
+            self._opener.start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._opener is not None:
+            await self._opener.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+
+    @contextlib.asynccontextmanager
+    async def use(self, purpose: str) -> AsyncIterator[SerialHatLink]:
+        """The open link for ``purpose``, opened and closed around it on demand.
+
+        :raises LinkClosedError: exclusive mode and the HAT is not connected now
+        :raises LinkOpenError: on demand and the port cannot be opened (PortInUseError: someone holds it)
+        """
+        if self.ownership == "exclusive":
+            link = self.link
+            if link is None:
+                raise LinkClosedError("the master CAN HAT is not connected", port=self._name())
+            yield link
+            return
+        link = self._make_link()
+        _LOGGER.debug("master: opening %s for %s", link.name, purpose)
+        await link.open()
+        self._on_connected(True)
+        try:
+            yield link
+        finally:
+            await link.close()
+            self._on_connected(False)
+
+    def _on_event(self, event: ConnectionEvent) -> None:
+        if event is ConnectionEvent.CONNECTED:
+            self._on_connected(True)
+        elif event in (ConnectionEvent.LOST, ConnectionEvent.CLOSED):
+            self._on_connected(False)
+            if event is ConnectionEvent.CLOSED and self._opener is not None and not self._stopping:
+                self._opener.start()  # the link gave up reconnecting: keep looking, from scratch
+
+    def _name(self) -> str:
+        return self._link.name if self._link is not None else "master"
+
+
+def link_factory(url: str, baud: int, settings: HatSettings | None = None) -> LinkFactory:
+    """How the daemon builds its link: the configured URL and baud, probing the other baud if silent."""
+    return lambda: SerialHatLink(url, baud=baud, probe_baud=True, settings=settings)
