@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +24,7 @@ from buses import PrivateBus
 from daemon_process import DaemonProcess
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
+from processes import terminate
 
 from uc2otad.api import names
 
@@ -60,6 +63,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle to count wake-ups")
     parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--with-master", action="store_true", help="connect to a virtual microscope")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -67,9 +71,17 @@ def main() -> int:
         (workdir / "bus").mkdir()
         bus = PrivateBus(workdir / "bus")
         bus.start()
+        simulator = None
         try:
+            flags: tuple[str, ...] = ()
+            if args.with_master:
+                simulator = subprocess.Popen(
+                    ["uc2otad-sim", "--quiet-master"], stdout=subprocess.PIPE, text=True
+                )
+                assert simulator.stdout is not None
+                flags = ("--serial-port", json.loads(simulator.stdout.readline())["serial_link"])
             ready_times = []
-            daemon = DaemonProcess(workdir, bus.address)
+            daemon = DaemonProcess(workdir, bus.address, args=flags)
             for _ in range(args.starts):
                 start = time.perf_counter()
                 daemon.start()
@@ -85,6 +97,8 @@ def main() -> int:
             daemon.close()
         finally:
             bus.stop()
+            if simulator is not None:
+                terminate(simulator)
 
     timings.sort()
     p50 = statistics.median(timings) * 1000
@@ -96,7 +110,8 @@ def main() -> int:
         f"| start to READY=1 (median of {args.starts}) | {statistics.median(ready_times):.3f} s | <= 0.3 s |"
     )
     print(f"| GetStatus round trip p50 / p99 ({args.calls} calls) | {p50:.2f} / {p99:.2f} ms | p99 <= 5 ms |")
-    print(f"| wake-ups in {args.idle:.0f} s idle, no watchdog | {wakeups} | 0 periodic |")
+    master = "a master connected" if args.with_master else "no master"
+    print(f"| wake-ups in {args.idle:.0f} s idle, {master}, no watchdog | {wakeups} | 0 periodic |")
     return 0
 
 

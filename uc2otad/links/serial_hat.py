@@ -199,6 +199,10 @@ class SerialHatLink(Link[Any]):
                     f"{self.url}: {target} is in use by another program", port=self.url
                 ) from err
             raise LinkOpenError(f"{self.url}: cannot open {target}: {err}", port=self.url) from err
+        if hasattr(port, "cancel_read"):
+            # device paths and ptys: block until bytes come, and let close() interrupt the read, so an
+            # idle link never wakes the daemon; sockets cannot be interrupted and keep the interval
+            port.timeout = None
         if "://" not in self.url and self._port_identity is None:
             self._port_identity = identify_port(target, self._list_ports())
         return port
