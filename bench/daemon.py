@@ -4,6 +4,10 @@ Run: ``.venv/bin/python bench/daemon.py [--calls 2000] [--idle 10]``. It starts 
 and uc2otad exactly as the tests do (tests/buses.py, tests/daemon_process.py), measures, and prints a
 Markdown table for docs/benchmarks.md. Targets (issue 6): RSS <= 30 MB, start-to-READY <= 0.3 s,
 GetStatus p99 <= 5 ms, no periodic wake-ups but the watchdog.
+
+The daemon runs as it would installed: from byte-compiled modules (the Debian package compiles them at
+install time). The package is compiled first, and PYTHONDONTWRITEBYTECODE, if the environment sets it,
+is cleared for the daemon; without bytecode every start compiles the sources again.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -66,6 +71,11 @@ def main() -> int:
     parser.add_argument("--with-master", action="store_true", help="connect to a virtual microscope")
     args = parser.parse_args()
 
+    bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
+    package = Path(__file__).resolve().parent.parent / "uc2otad"
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(package)], check=True, env={**os.environ, **bytecode}
+    )
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         (workdir / "bus").mkdir()
@@ -81,7 +91,7 @@ def main() -> int:
                 assert simulator.stdout is not None
                 flags = ("--serial-port", json.loads(simulator.stdout.readline())["serial_link"])
             ready_times = []
-            daemon = DaemonProcess(workdir, bus.address, args=flags)
+            daemon = DaemonProcess(workdir, bus.address, args=flags, env=bytecode)
             for _ in range(args.starts):
                 start = time.perf_counter()
                 daemon.start()
