@@ -84,6 +84,10 @@ PROPERTY_NAMES = {
 }
 
 
+#: seconds ScanDevices waits for the firmware server (after the bus scan) to fill in update_available
+SCAN_UPDATE_INFO_TIMEOUT = 2.0
+
+
 def idle_status(can_id: int) -> dict[str, Any]:
     """The status of a board no job ever touched."""
     return {"can_id": can_id, "status": "idle"}
@@ -213,13 +217,20 @@ class Engine:
         """
         if self.master is None:
             raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
-        async with self.master.use("scan") as link:
-            scan = await link.scan()
+        # ask the firmware server while the bus is scanned; a slow or absent server costs at most
+        # SCAN_UPDATE_INFO_TIMEOUT and only the update_available column
+        catalog_task = asyncio.ensure_future(self.repository.catalog())
         try:
-            catalog = await self.repository.catalog()
-        except FirmwareError as err:
-            _LOGGER.warning("engine: scan without update information: %s", err)
-            catalog = None
+            async with self.master.use("scan") as link:
+                scan = await link.scan()
+        except BaseException:
+            catalog_task.cancel()
+            raise
+        catalog: Catalog | None = None
+        try:
+            catalog = await asyncio.wait_for(catalog_task, SCAN_UPDATE_INFO_TIMEOUT)
+        except (FirmwareError, TimeoutError) as err:
+            _LOGGER.warning("engine: scan without update information: %s", err or "firmware server too slow")
         boards = []
         for node in ([scan.master] if scan.master else []) + list(scan.nodes):
             board: dict[str, Any] = {
