@@ -8,6 +8,7 @@ process's output.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -137,3 +138,10 @@ async def test_empty_password_file_is_a_usage_error(board: OtaBoard, files: dict
 
     assert run.code == 64
     assert "empty" in run.stderr
+
+
+def test_missing_arguments_are_named_in_the_usage_error() -> None:
+    command = [sys.executable, "-m", "uc2otad.espota"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 64
+    assert "required" in result.stderr and "-i" in result.stderr

@@ -127,7 +127,7 @@ def _build_parser() -> UsageErrorParser:
     parser.add_argument(
         "--host-ip",
         type=_ipv4,
-        default="",
+        default=None,
         metavar="IP",
         help="listen on, and invite from, this address (default: all)",
     )
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = UploadSettings(
         invite_timeout=args.timeout,
         chunk_timeout=args.chunk_timeout,
-        host_ip=args.host_ip,
+        host_ip=args.host_ip or "",  # "" = all addresses; a string default would go through _ipv4
         host_port=args.host_port,
     )
     uploader = ArduinoOtaUploader(args.ip, port=args.port, password=password, settings=settings)
