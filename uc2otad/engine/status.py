@@ -1,0 +1,213 @@
+"""One board's status dict during a job, kept to the contract's sequences (CONTRACT.md §2).
+
+The procedure document promises clients an exact sequence of ``upload_status`` values and progress
+steps, and ImSwitch's UI switches on them. So every change of a board's status goes through
+:class:`BoardStatus`, which refuses to go backwards, sends each value once per attempt, reports upload
+progress in the document's 10 % steps, and only ever says "success" with evidence (``verification``).
+A retry starts the sequence again with ``attempt`` + 1.
+
+Sequences::
+
+    wifi: command_sent 0 → wifi_connected 0 → downloading 0 → uploading 0,10,…,90 → verifying 100 → success
+    can:  command_sent 0 → downloading 0 → uploading 0,10,…,90 → flashing 100 → verifying 100 → success
+
+``failed`` may follow any step. The top-level ``status`` is the document's: "initiated" from the
+command on, "wifi_connected" once the board joined WiFi, "wifi_failed" when it could not, then
+"success" or "failed".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Phase(StrEnum):
+    """``upload_status`` values, in the order a job passes them."""
+
+    COMMAND_SENT = "command_sent"
+    WIFI_CONNECTED = "wifi_connected"
+    DOWNLOADING = "downloading"
+    UPLOADING = "uploading"
+    FLASHING = "flashing"
+    VERIFYING = "verifying"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+SEQUENCES: Mapping[str, tuple[Phase, ...]] = {
+    "wifi": (Phase.COMMAND_SENT, Phase.WIFI_CONNECTED, Phase.DOWNLOADING, Phase.UPLOADING, Phase.VERIFYING,
+             Phase.SUCCESS),
+    "can": (Phase.COMMAND_SENT, Phase.DOWNLOADING, Phase.UPLOADING, Phase.FLASHING, Phase.VERIFYING,
+            Phase.SUCCESS),
+}  # fmt: skip
+
+#: the document's messages for each step (Phases 2-6; "Frontend State" lines)
+PHASE_MESSAGES: Mapping[Phase, str] = {
+    Phase.COMMAND_SENT: "OTA command sent, waiting for WiFi connection...",
+    Phase.WIFI_CONNECTED: "Device connected at {ip}",
+    Phase.DOWNLOADING: "Device connected, downloading firmware...",
+    Phase.UPLOADING: "Uploading: {progress}%",
+    Phase.FLASHING: "Firmware transferred, the board is writing it to flash...",
+    Phase.VERIFYING: "Waiting for the board to restart with the new firmware...",
+    Phase.SUCCESS: "✅ Firmware uploaded successfully",
+}
+#: for the streaming method the first step waits for the master, not for WiFi
+STREAM_COMMAND_MESSAGE = "OTA stream started, waiting for the master..."
+
+#: the document's error table ("Common Failure Points"), by our error_code: what happened and what to do
+ERROR_ROWS: Mapping[str, str] = {
+    "wifi_failed": "WiFi connection failed: invalid credentials or out of range. "
+    "Check SSID/password, move closer",
+    "firmware_not_found": "Firmware not found: missing firmware on server. Upload firmware to server",
+    "download_timeout": "Download timeout: server unreachable. Check server URL and network",
+    "download_corrupt": "Verification failed: corrupted download. Clear cache, retry",
+    "upload_connection_failed": "Upload failed: device busy or low memory. Restart device, retry",
+    "upload_timeout": "Upload timeout: network instability. Retry update",
+    "verification_failed": "Verification failed: the board rejected the image. Clear cache, retry",
+    "master_error": "Upload failed: the master reported an error. Retry update",
+    "board_not_back": "The board did not come back with the new firmware. Check the board, power-cycle it",
+    "link_lost": "The connection to the master CAN HAT was lost. Check the USB cable, retry",
+    "cancelled": "Cancelled; the board keeps the firmware it had",
+    "interrupted": "The daemon stopped during the update; the board keeps the image it booted",
+}
+
+#: every progress report of the upload is a multiple of this (the document: "every 10%")
+PROGRESS_STEP = 10
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def timestamp() -> str:
+    """ISO 8601 with UTC offset, seconds precision (CONTRACT.md §2)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class SequenceError(RuntimeError):
+    """A step out of the contract's order: a bug in the method that drives the job."""
+
+
+class BoardStatus:
+    """The status dict of one board for one job; ``publish`` persists and signals each new version."""
+
+    def __init__(self, can_id: int, method: str, publish: Publish, **fields: Any) -> None:
+        """:param fields: added fields known from the start: job_id, batch_id, firmware, previous_version…"""
+        if method not in SEQUENCES:
+            raise ValueError(f"unknown method {method!r}")
+        self.method = method
+        self._publish = publish
+        self._sequence = SEQUENCES[method]
+        self._done: list[Phase] = []
+        self._progress_sent = -1
+        self.status: dict[str, Any] = {"can_id": can_id, "method": method, "attempt": 1, **fields}
+
+    @property
+    def phase(self) -> Phase | None:
+        return self._done[-1] if self._done else None
+
+    async def advance(self, phase: Phase, **fields: Any) -> None:
+        """Move to ``phase`` (the next one of the sequence, never back); ``fields`` go into the dict.
+
+        :raises SequenceError: ``phase`` is not ahead in the sequence, or success without evidence
+        """
+        if phase in (Phase.SUCCESS, Phase.FAILED, Phase.UPLOADING):
+            raise SequenceError(f"use succeed(), fail() or progress() for {phase}")
+        self._step(phase)
+        progress = 100 if phase in (Phase.FLASHING, Phase.VERIFYING) else 0
+        top = self.status.get("status")
+        if phase is Phase.COMMAND_SENT:
+            top = "initiated"
+        elif phase is Phase.WIFI_CONNECTED:
+            top = "wifi_connected"
+            fields.setdefault("success", True)
+        message = self._message(phase, fields)
+        await self._emit(
+            status=top, upload_status=phase.value, upload_progress=progress, message=message, **fields
+        )
+
+    async def progress(self, percent: float) -> None:
+        """Upload progress: enters "uploading" at 0 and reports each 10 % step reached, up to 90."""
+        if self.phase is not Phase.UPLOADING:
+            self._step(Phase.UPLOADING)
+            await self._send_progress(0)
+        step = min(int(percent) // PROGRESS_STEP * PROGRESS_STEP, 100 - PROGRESS_STEP)
+        while self._progress_sent < step:
+            await self._send_progress(self._progress_sent + PROGRESS_STEP)
+
+    async def succeed(self, *, verification: str, firmware_version: str | None = None) -> None:
+        """The board runs the new image; ``verification`` names the evidence (version, build, transfer).
+
+        :raises SequenceError: not after "verifying", or no evidence named
+        """
+        if verification not in ("version", "build", "transfer"):
+            raise SequenceError(f"success needs evidence, not {verification!r}")
+        if self.phase is not Phase.VERIFYING:
+            raise SequenceError(f"success after {self.phase}: the board must be seen running the image first")
+        self._step(Phase.SUCCESS)
+        now = timestamp()
+        await self._emit(
+            status="success",
+            upload_status="success",
+            upload_progress=100,
+            message=PHASE_MESSAGES[Phase.SUCCESS],
+            verification=verification,
+            upload_timestamp=now,
+            firmware_version=firmware_version,
+        )
+
+    async def fail(self, error_code: str, *, detail: str = "", wifi: bool = False) -> None:
+        """End the attempt as failed: the document's error row in ``message``, details in ``upload_error``.
+
+        :param wifi: the board could not join WiFi (status "wifi_failed", the document's Phase 3)
+        """
+        self._done.append(Phase.FAILED)
+        row = ERROR_ROWS.get(error_code, error_code)
+        await self._emit(
+            status="wifi_failed" if wifi else "failed",
+            upload_status="failed",
+            error_code=error_code,
+            message=f"❌ {row}",
+            upload_error=detail or row,
+            success=False if wifi else self.status.get("success"),
+        )
+
+    def retry(self) -> None:
+        """Start the sequence again for the next attempt."""
+        self._done.clear()
+        self._progress_sent = -1
+        self.status["attempt"] += 1
+        for key in ("error_code", "upload_error", "verification"):
+            self.status.pop(key, None)
+
+    # ---- internals -----------------------------------------------------------------------------------
+
+    def _step(self, phase: Phase) -> None:
+        if phase not in self._sequence:
+            raise SequenceError(f"{phase} is not a step of the {self.method} method")
+        last = self._done[-1] if self._done else None
+        if last is Phase.FAILED or (
+            last is not None and self._sequence.index(phase) <= self._sequence.index(last)
+        ):
+            raise SequenceError(f"{phase} after {last}: the sequence only moves forward")
+        self._done.append(phase)
+
+    async def _send_progress(self, percent: int) -> None:
+        self._progress_sent = percent
+        message = PHASE_MESSAGES[Phase.UPLOADING].format(progress=percent)
+        await self._emit(upload_status=Phase.UPLOADING.value, upload_progress=percent, message=message)
+
+    def _message(self, phase: Phase, fields: Mapping[str, Any]) -> str:
+        if phase is Phase.COMMAND_SENT and self.method == "can":
+            return STREAM_COMMAND_MESSAGE
+        return PHASE_MESSAGES[phase].format(ip=fields.get("ip", self.status.get("ip", "?")))
+
+    async def _emit(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            if value is None:
+                self.status.pop(key, None)
+            else:
+                self.status[key] = value
+        self.status["timestamp"] = timestamp()
+        await self._publish(dict(self.status))
