@@ -9,6 +9,11 @@ Uc2otadError
 ├── ConfigError (ValueError)            a setting or argument is not acceptable
 ├── InvalidArgumentError (ValueError)  a caller's argument is out of range or of the wrong kind
 ├── UnknownCookieError (LookupError)    Uninhibit with a cookie that is not held
+├── JobError                            a job cannot be started or cancelled
+│   ├── InhibitedError                     an inhibit is held: no job starts
+│   ├── JobBusyError                       the board already has a running job
+│   ├── NoJobError (LookupError)           Cancel for a board without a running job
+│   └── AlreadyCommittedError              Cancel after the board took the new image
 ├── StoreError                          the status database cannot be used
 ├── CacheError                          the firmware cache folder cannot be used
 │   └── CacheBusyError                     an update is reading the cache
@@ -25,6 +30,9 @@ Uc2otadError
 │   ├── EventOverflowError                 a listener fell so far behind that events were lost
 │   ├── LinkBusyError                      another task holds the link (a firmware stream)  (none)
 │   └── MasterError                        the master answered with an error            master_error
+│       └── MasterUnsupportedError         its firmware lacks the method (WiFi OTA or streaming)  master_error
+├── WifiJoinError                       the slave could not join WiFi (1) or start ArduinoOTA (2)  wifi_failed
+│   └── WifiJoinTimeoutError (TimeoutError)  the slave did not report back in time              wifi_failed
 ├── UploadError                         an ArduinoOTA upload failed; carries the board's own text
 │   ├── UploadConnectionError              no answer, refused, no call-back, closed  upload_connection_failed
 │   │   └── UploadAuthError                the board refused the password            upload_connection_failed
@@ -51,7 +59,8 @@ Uc2otadError
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 
 class Uc2otadError(Exception):
@@ -76,6 +85,26 @@ class InvalidArgumentError(Uc2otadError, ValueError):
 
 class UnknownCookieError(Uc2otadError, LookupError):
     """No inhibit is held under this cookie."""
+
+
+class JobError(Uc2otadError):
+    """A job cannot be started or cancelled as asked."""
+
+
+class InhibitedError(JobError):
+    """An inhibit is held, so no job starts."""
+
+
+class JobBusyError(JobError):
+    """The board already has a running job: one job per board."""
+
+
+class NoJobError(JobError, LookupError):
+    """Cancel for a board that has no running job."""
+
+
+class AlreadyCommittedError(JobError):
+    """Cancel after the board committed the new image: it will boot it, there is nothing to stop."""
 
 
 class StoreError(Uc2otadError):
@@ -262,7 +291,44 @@ class MasterError(LinkError):
 
     error_code = "master_error"
 
-    def __init__(self, message: str, *, port: str | None = None, code: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        port: str | None = None,
+        code: str = "",
+        node_id: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message, port=port)
         #: the master's own error text, for the status dict's ``upload_error``
         self.code = code
+        #: the node the failed command was for, when it was for one
+        self.node_id = node_id
+        #: what else the master said (``crc_mismatch`` carries ``computed``, ``expected``, ``comment``)
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class MasterUnsupportedError(MasterError):
+    """The master's firmware has no such command: a CANopen master has no WiFi OTA (it ignores the
+    ``ota`` key), a legacy master no ``/ota_start`` (it never answers). Refused before anything is sent."""
+
+
+class WifiJoinError(Uc2otadError):
+    """The slave answered the WiFi OTA command with a failure: status 1 "WiFi connection failed" (wrong
+    credentials, out of range) or 2 "OTA start failed"; ``status_msg`` is the slave's own text."""
+
+    error_code = "wifi_failed"
+
+    def __init__(self, message: str, *, can_id: int, status: int | None = None, status_msg: str = "") -> None:
+        super().__init__(message)
+        self.can_id = can_id
+        #: the slave's status code; None when it never answered
+        self.status = status
+        #: the slave's words, for the status dict's ``statusMsg``
+        self.status_msg = status_msg
+
+
+class WifiJoinTimeoutError(WifiJoinError, TimeoutError):
+    """No ``ota`` answer from the slave in time: it is off the bus, or runs CANopen firmware that ignores
+    the command."""

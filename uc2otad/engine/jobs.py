@@ -1,0 +1,205 @@
+"""Jobs: one update of one board, run by a method, recorded before it starts, cancellable.
+
+The rules every method shares live here, so that no method can forget one:
+- one job per board at a time (a second request is :class:`JobBusyError`);
+- no job starts while an inhibit is held (:class:`InhibitedError`);
+- the history row is written *before* the method touches the board, and closed with the result;
+- retries: a failure whose ``error_code`` may pass (:data:`TRANSIENT`) starts the attempt again, up to
+  ``retries`` times, ``retry_delay`` apart; the status dict restarts its sequence with ``attempt`` + 1;
+- cancel stops the job at its next await; a method that has passed the point of no return (the board
+  committed the image) says so with :meth:`JobContext.committed`, after which Cancel is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from uc2otad.engine.status import BoardStatus
+from uc2otad.engine.store import JobRecord, StatusStore
+from uc2otad.errors import AlreadyCommittedError, InhibitedError, JobBusyError, NoJobError, Uc2otadError
+
+_LOGGER = logging.getLogger(__name__)
+
+#: failures that another attempt may cure (CONTRACT.md §2; issue 7): a flaky network, a master that
+#: answers size_write_failed right after its own reboot, a USB glitch
+TRANSIENT = frozenset({"upload_timeout", "upload_connection_failed", "master_error", "link_lost"})
+#: retries after the first attempt; ImSwitch retries 3x in all with 5 s gaps (uc2-stack.md §8 item 5)
+RETRIES = 2
+#: seconds between attempts
+RETRY_DELAY = 5.0
+
+
+@dataclass
+class JobContext:
+    """What a method gets: the board's status (drive it through its sequence) and the job's options."""
+
+    job_id: str
+    can_id: int
+    status: BoardStatus
+    options: Mapping[str, Any]
+    _committed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def committed(self) -> None:
+        """The board has taken the new image (ArduinoOTA "OK", streaming "success"): no cancel from now."""
+        self._committed.set()
+
+    @property
+    def is_committed(self) -> bool:
+        return self._committed.is_set()
+
+
+class Method(Protocol):
+    """How an image reaches a board. Raises an error with ``error_code`` on failure."""
+
+    name: str
+
+    async def run(self, job: JobContext) -> None: ...
+
+
+@dataclass
+class _Running:
+    context: JobContext
+    task: asyncio.Task[None]
+
+
+class JobManager:
+    """Starts, tracks, cancels and records jobs."""
+
+    def __init__(
+        self,
+        store: StatusStore,
+        publish: Callable[[int, dict[str, Any]], Awaitable[None]],
+        *,
+        inhibited: Callable[[], bool],
+        retries: int = RETRIES,
+        retry_delay: float = RETRY_DELAY,
+    ) -> None:
+        """:param publish: persist and signal a board's status dict"""
+        self._store = store
+        self._publish = publish
+        self._inhibited = inhibited
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._running: dict[int, _Running] = {}
+        self._on_change: list[Callable[[], None]] = []
+        self._stopping = False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def running(self, can_id: int) -> bool:
+        return can_id in self._running
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a job starts or ends (the Busy property follows)."""
+        self._on_change.append(callback)
+
+    def start(self, can_id: int, method: Method, options: Mapping[str, Any], **fields: Any) -> JobContext:
+        """Start a job for board ``can_id`` and return at once; the job runs in the background.
+
+        :param fields: added status fields known now (batch_id, firmware, previous_version…)
+        :raises InhibitedError: an inhibit is held
+        :raises JobBusyError: the board already has a job
+        """
+        if self._inhibited():
+            raise InhibitedError("updates are inhibited; see the Inhibited property")
+        if can_id in self._running:
+            raise JobBusyError(f"board {can_id} already has a running update")
+        job_id = secrets.token_hex(8)
+
+        async def publish(status: dict[str, Any]) -> None:
+            await self._publish(can_id, status)
+
+        status = BoardStatus(can_id, method.name, publish, job_id=job_id, **fields)
+        context = JobContext(job_id, can_id, status, options)
+        task = asyncio.get_running_loop().create_task(self._run(context, method), name=f"job {job_id}")
+        self._running[can_id] = _Running(context, task)
+        self._changed()
+        return context
+
+    async def wait(self, can_id: int) -> None:
+        """Until board ``can_id`` has no running job."""
+        running = self._running.get(can_id)
+        if running is not None:
+            await asyncio.wait({running.task})
+
+    async def cancel(self, can_id: int) -> None:
+        """Stop the board's job before the board commits the image.
+
+        :raises NoJobError: no job runs for that board
+        :raises AlreadyCommittedError: the board has already taken the image
+        """
+        running = self._running.get(can_id)
+        if running is None:
+            raise NoJobError(f"board {can_id} has no running update")
+        if running.context.is_committed:
+            raise AlreadyCommittedError(f"board {can_id} has already committed the new image")
+        running.task.cancel()
+        await asyncio.wait({running.task})
+
+    async def stop(self) -> None:
+        """Cancel every job (daemon shutdown): their rows stay ``running`` and are reconciled as
+        ``interrupted`` at the next start, exactly as after a crash."""
+        self._stopping = True
+        tasks = [running.task for running in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # ---- one job -------------------------------------------------------------------------------------
+
+    async def _run(self, job: JobContext, method: Method) -> None:
+        known = job.status.status
+        record = JobRecord(
+            job_id=job.job_id,
+            can_id=job.can_id,
+            method=method.name,
+            batch_id=known.get("batch_id"),
+            firmware=known.get("firmware"),
+            previous_version=known.get("previous_version"),
+        )
+        try:
+            await self._store.begin_job(record)
+            await self._attempts(job, method)
+        except asyncio.CancelledError:
+            if self._stopping:
+                raise  # daemon shutdown: leave the row running, reconciled as interrupted on start-up
+            await job.status.fail("cancelled")
+            await self._store.finish_job(
+                job.job_id, success=False, error_code="cancelled", message="cancelled"
+            )
+        finally:
+            self._running.pop(job.can_id, None)
+            self._changed()
+
+    async def _attempts(self, job: JobContext, method: Method) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                await method.run(job)
+            except Uc2otadError as err:
+                code = err.error_code or "failed"
+                await job.status.fail(code, detail=str(err), wifi=code == "wifi_failed")
+                if code in TRANSIENT and attempt < self.retries and not job.is_committed:
+                    _LOGGER.warning(
+                        "job %s: board %d attempt %d failed (%s); retrying in %.0fs",
+                        job.job_id, job.can_id, attempt + 1, code, self.retry_delay,
+                        extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "retry"},
+                    )  # fmt: skip
+                    await asyncio.sleep(self.retry_delay)
+                    job.status.retry()
+                    continue
+                await self._store.finish_job(job.job_id, success=False, error_code=code, message=str(err))
+                return
+            await self._store.finish_job(job.job_id, success=True)
+            return
+
+    def _changed(self) -> None:
+        for callback in list(self._on_change):
+            callback()
