@@ -24,8 +24,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import stat
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
@@ -236,10 +236,10 @@ class FirmwareCache:
     def _temporary(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A new hidden file in the cache folder, removed on the way out unless renamed."""
         try:
-            handle, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.directory)
+            temp_path = self.directory / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
+            handle = os.open(temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as err:
             raise CacheError(f"{self}: cannot write to the cache folder: {err.strerror}") from err
-        temp_path = Path(temp_name)
         sink: BinaryIO = os.fdopen(handle, "w+b")
         try:
             yield temp_path, sink

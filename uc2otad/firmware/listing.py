@@ -16,13 +16,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from uc2otad.errors import ListingError, UnsafeFileNameError
 from uc2otad.firmware.names import check_file_name, is_image_name
 
 _LOGGER = logging.getLogger(__name__)
+#: nginx's autoindex ``mtime`` (RFC 1123, always GMT). strptime reads English day and month names
+#: because Python leaves LC_TIME at "C" unless the program calls setlocale, which uc2otad never does
+_NGINX_TIME = "%a, %d %b %Y %H:%M:%S GMT"
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,8 @@ def _read_time(item: Mapping[str, Any]) -> datetime | None:
             return None
     nginx_time = item.get("mtime")
     if isinstance(nginx_time, str):
-        try:
-            return parsedate_to_datetime(nginx_time).astimezone(UTC)
-        except (TypeError, ValueError):
+        try:  # nginx always writes RFC 1123 in GMT: "Wed, 03 Dec 2025 16:31:06 GMT"
+            return datetime.strptime(nginx_time, _NGINX_TIME).replace(tzinfo=UTC)
+        except ValueError:
             return None
     return None
