@@ -26,7 +26,7 @@ from uc2otad.sim.config import SimConfig
 from uc2otad.sim.master import MasterTiming
 from uc2otad.sim.microscope import VirtualMicroscope
 
-FAST = MasterTiming(sdo_time=0.001, sdo_timeout=0.01, legacy_scan_wait=0.05, restart_delay=0.01,
+FAST = MasterTiming(sdo_time=0.001, sdo_timeout=0.05, legacy_scan_wait=0.05, restart_delay=0.01,
                     node_boot_time=0.05, master_boot_time=0.05)  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from uc2otad.sim.nodes import UNVERSIONED, NodeSpec, default_node
 
 FAST_TIMING = MasterTiming(
     sdo_time=0.0005,
-    sdo_timeout=0.01,
+    sdo_timeout=0.05,  # a real SDO round trip on the virtual bus: ~1 ms, more on a loaded machine
     legacy_scan_wait=0.02,
     restart_delay=0.0,
     node_boot_time=0.3,

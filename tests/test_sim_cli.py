@@ -126,7 +126,8 @@ async def test_ready_line_a_working_microscope_and_nothing_left_after_sigterm(fi
     async with simulator(*options, "--password", PASSWORD) as running:
         ready = running.ready
         assert re.fullmatch(r"/dev/pts/\d+", ready["serial_port"])
-        assert (ready["baud"], ready["rom_loader"], ready["wifi"]) == (921600, None, {"ssid": "uc2-lab"})
+        assert (ready["baud"], ready["wifi"]) == (921600, {"ssid": "uc2-lab"})
+        assert re.fullmatch(r"socket://127\.0\.0\.1:\d+", ready["rom_loader"])
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/firmware", ready["firmware_server"])
         defaults = SimConfig()
         assert ready["nodes"] == {
@@ -163,7 +164,7 @@ async def test_ready_line_a_working_microscope_and_nothing_left_after_sigterm(fi
         assert running.stdout_rest == b""  # exactly one line
         leftovers = [ready["serial_link"], str(Path(ready["serial_link"]).parent), ready["serial_port"]]
         assert [path for path in leftovers if await asyncio.to_thread(os.path.lexists, path)] == []
-        ports = [port_of(ready["serial_socket"]), port_of(ready["firmware_server"])]
+        ports = [port_of(ready[key]) for key in ("serial_socket", "firmware_server", "rom_loader")]
         assert [port for port in ports if not await asyncio.to_thread(refused, port)] == []
         assert PASSWORD.encode() not in running.stderr
 

@@ -10,8 +10,6 @@ It may be skipped only where it cannot be installed (PyPI unreachable, outside C
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from serial.tools.list_ports_common import ListPortInfo
+from uc2rest_client import connect, uc2rest
 
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.master import MasterTiming
@@ -33,34 +31,23 @@ NODES = (
     replace(default_node(20), online=False),
     default_node(30),
 )
-# UC2-REST pulses DTR/RTS to reset a board unless the port is a native-USB ESP32-S3 ("USB JTAG/serial
-# debug unit"). A pty has no modem lines (the ioctl fails with ENOTTY), so we present the port as one
-# of those, which takes UC2-REST's own no-reset path; everything after that is unchanged.
-NO_RESET_DESCRIPTION = "USB JTAG/serial debug unit"
 
 
 @pytest.fixture
 def uc2rest_module() -> ModuleType:
-    try:
-        return importlib.import_module("uc2rest")
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("uc2-rest is not installed: CI must install the test extras")
-        pytest.skip("uc2-rest is not installed (PyPI unreachable?)")
+    return uc2rest()
 
 
 @pytest.fixture
 async def scope(tmp_path: Path) -> AsyncIterator[VirtualMicroscope]:
-    config = SimConfig(nodes=NODES, timing=MasterTiming(sdo_timeout=0.02), serial_link=tmp_path / "ttyHAT")
+    config = SimConfig(nodes=NODES, timing=MasterTiming(sdo_timeout=0.05), serial_link=tmp_path / "ttyHAT")
     async with VirtualMicroscope(config) as scope:
         yield scope
 
 
 def connect_and_scan(module: ModuleType, device: str) -> dict[str, Any]:
     """What a UC2-REST user does: connect (requiring a master), scan, read the build info."""
-    port = ListPortInfo(device)
-    port.description = NO_RESET_DESCRIPTION
-    client = module.UC2Client(serialport=port, baudrate=921600, requireMaster=True)
+    client = connect(module, device)
     try:
         return {
             "connected": client.serial.is_connected,

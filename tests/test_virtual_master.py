@@ -24,7 +24,7 @@ from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
 from uc2otad.sim.wire import INPUT_BUFFER_BYTES
 
-TIMING = MasterTiming(sdo_time=0.0005, sdo_timeout=0.01, legacy_scan_wait=0.01, restart_delay=0.0,
+TIMING = MasterTiming(sdo_time=0.0005, sdo_timeout=0.05, legacy_scan_wait=0.01, restart_delay=0.0,
                       node_boot_time=0.2, master_boot_time=0.02)  # fmt: skip
 NODES = (default_node(11), replace(default_node(20), online=False), default_node(30))
 

@@ -7,5 +7,7 @@ A link offers commands and events; it knows nothing about jobs. One module per j
 - ``base``: the ``Link`` template — state, reader thread, deadlines, logging, reconnecting;
 - ``serial_hat``: ``SerialHatLink``, the HAT on any pyserial URL, with its commands;
 - ``commands``: the HAT's requests, reply shapes and typed results;
+- ``ota_stream``, ``ota_wifi``: the two ways to update a slave through the HAT — streaming an image
+  (CANopen masters) and asking the slave to join WiFi for ArduinoOTA (legacy masters);
 - ``reconnect``, ``ports``, ``redact``: backoff, finding a re-plugged adapter, hiding secrets in logs.
 """

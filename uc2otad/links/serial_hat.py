@@ -12,9 +12,11 @@ again by its USB identity (:mod:`uc2otad.links.ports`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import serial
@@ -23,16 +25,20 @@ from serial.tools.list_ports_common import ListPortInfo
 
 from uc2otad.errors import (
     HandshakeError,
+    LinkClosedError,
     LinkIOError,
     LinkOpenError,
     LinkProtocolError,
     LinkTimeoutError,
     PortInUseError,
 )
-from uc2otad.links import commands
+from uc2otad.links import commands, ota_stream, ota_wifi
 from uc2otad.links.base import Link, LinkSettings
 from uc2otad.links.commands import BusHealth, MasterIdentity, ScanResult
+from uc2otad.links.ota_stream import Progress, StreamResult, StreamSettings
+from uc2otad.links.ota_wifi import WifiOtaResult, WifiOtaSettings
 from uc2otad.links.ports import PortIdentity, find_port, identify_port
+from uc2otad.links.replies import JsonObject
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,6 +67,8 @@ class HatSettings(LinkSettings):
     probe_scan_timeout: float = PROBE_SCAN_TIMEOUT
     bus_health_timeout: float = BUS_HEALTH_TIMEOUT
     restart_timeout: float = RESTART_TIMEOUT
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    wifi_ota: WifiOtaSettings = field(default_factory=WifiOtaSettings)
 
 
 class SerialHatLink(Link[Any]):
@@ -143,6 +151,81 @@ class SerialHatLink(Link[Any]):
             timeout=self.hat_settings.restart_timeout,
         )
         commands.check_restart(reply, node_id)
+
+    async def stream_ota(
+        self,
+        node_id: int,
+        image: bytes,
+        *,
+        progress: Progress | None = None,
+        on_flashing: Callable[[], None] | None = None,
+    ) -> StreamResult:
+        """Stream ``image`` through the master into node ``node_id`` (CANopen masters; ``uc2-stack.md`` §2.2).
+
+        The link is held for the whole stream. Cancelling stops between chunks; the slave keeps its old
+        image, and the master is restored before this returns (:mod:`uc2otad.links.ota_stream`).
+
+        :param progress: called with (bytes acknowledged, image size) after every 4 KB chunk
+        :param on_flashing: called when the master reports "flashing" (the slave checks and commits)
+        :raises ValueError: a node id outside 1..127, an empty image
+        :raises MasterUnsupportedError: a legacy master (nothing is sent)
+        :raises MasterError: the master's ``{"ota_status":"error"}``, its code in ``.code``
+        :raises LinkBusyError: another task holds the link
+        :raises LinkTimeoutError: no "ready", ``ota_rx`` or result in time
+        :raises LinkError: the port went away, the master rebooted
+        """
+        settings = self.hat_settings.stream
+        return await ota_stream.stream_image(
+            self, node_id, image, settings=settings, progress=progress, on_flashing=on_flashing
+        )
+
+    async def start_wifi_ota(
+        self,
+        can_id: int,
+        ssid: str,
+        password: str,
+        *,
+        timeout_ms: int = ota_wifi.DEFAULT_WINDOW_MS,
+        on_accepted: Callable[[JsonObject], None] | None = None,
+    ) -> WifiOtaResult:
+        """Make node ``can_id`` join WiFi and serve ArduinoOTA (legacy masters; ``uc2-stack.md`` §2.3).
+
+        :param timeout_ms: how long the slave serves ArduinoOTA before it reboots (it makes it ≥ 300 s)
+        :param on_accepted: called with the master's immediate reply, before the slave's answer comes
+        :raises ValueError: an SSID or password the firmware's fields cannot carry, a bad id or timeout
+        :raises MasterUnsupportedError: a CANopen master (nothing is sent)
+        :raises MasterError: the master refused the command (int reply -1)
+        :raises WifiJoinError: the slave could not join (status 1) or start ArduinoOTA (status 2)
+        :raises WifiJoinTimeoutError: no answer from the slave within ``wifi_ota.event_timeout``
+        :raises LinkError: see :meth:`Link.request`
+        """
+        return await ota_wifi.start_wifi_ota(
+            self,
+            can_id,
+            ssid,
+            password,
+            timeout_ms=timeout_ms,
+            settings=self.hat_settings.wifi_ota,
+            on_accepted=on_accepted,
+        )
+
+    async def pulse_reset(self) -> bool:
+        """Reset the master through its auto-reset circuit: RTS pulls EN low (UC2-REST's DTR/RTS pulse).
+
+        :returns: False when the port has no modem lines (a pty, ``socket://``): nothing was reset
+        :raises LinkClosedError: the link is not open
+        :raises LinkBusyError: another task holds the link
+        """
+        self._check_usable()
+        port = self._open_port_now()
+        if "://" in self.url and not self.url.startswith("rfc2217://"):
+            return False  # pyserial's socket:// and loop:// accept DTR/RTS and silently do nothing
+        try:
+            await asyncio.to_thread(_pulse_reset, port)
+        except (serial.SerialException, OSError) as err:  # ENOTTY: no modem lines
+            _LOGGER.debug("%s: no reset through DTR/RTS: %s", self.name, err)
+            return False
+        return True
 
     # ---- opening: the handshake and baud probing ------------------------------------------------------
 
@@ -238,8 +321,23 @@ class SerialHatLink(Link[Any]):
             except (serial.SerialException, OSError) as err:
                 _LOGGER.debug("%s: cancel_read: %s", self.name, err)
 
+    def _open_port_now(self) -> Any:
+        session = self._session
+        if session is None:
+            raise LinkClosedError(f"{self.name}: port is not open", port=self.name)
+        return session.port
+
     def _close(self, port: Any) -> None:
         try:
             port.close()
         except (serial.SerialException, OSError) as err:  # closing a port that vanished may complain
             _LOGGER.debug("%s: close: %s", self.name, err)
+
+
+def _pulse_reset(port: Any) -> None:
+    """DTR off, RTS on for the pulse, then both off: the board runs again (UC2-REST ``tryToConnect``)."""
+    port.dtr = False
+    port.rts = True
+    time.sleep(ota_stream.RESET_PULSE)
+    port.dtr = False
+    port.rts = False

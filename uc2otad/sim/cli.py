@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--serial-link", type=Path, help="stable symlink to the pty (default: private folder)"
     )
     parser.add_argument("--quiet-master", action="store_true", help="no debug log lines between answers")
+    parser.add_argument(
+        "--paced-can", action="store_true", help="CAN frames take their time on the wire ([can] bitrate)"
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="stderr log level")
     return parser
 
@@ -70,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "baud": args.baud,
         "serial_link": args.serial_link,
         "log_noise": False if args.quiet_master else None,
+        "can": replace(config.can, paced=True) if args.paced_can else None,
     }
     config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     if config.firmware_dir is not None and not config.firmware_dir.is_dir():

@@ -5,11 +5,14 @@ default silently kept)::
 
     [master]   kind = "canopen" | "legacy"   version = "v2026.1.0"   build = "Oct  1 2026 09:26:22"
                baud = 921600   log_noise = true   serial_link = "/run/uc2-sim/ttyHAT"   socket = true
-    [wifi]     ssid = "uc2-lab"   password = "uc2-lab-pass"
+               chip = "esp32" | "esp32s3"   (whose ROM loader esptool reaches; the CAN HAT's is esp32)
+    [wifi]     ssid = "uc2-lab"   password = "uc2-lab-pass"   ota_port = 3232   (the slaves' ArduinoOTA)
+    [can]      bitrate = 500000   paced = false   (paced: frames take their time on the wire)
     [firmware] dir = "firmware"          (relative to the file)
     [timing]   restart_delay = 0.2 …     (any field of MasterTiming, seconds)
     [[nodes]]  id = 11   role = "motor"   version = "…"   build = "…"   reports = "version"|"build"|"none"
                mac = "…"   image = "…"   routed = true   online = true
+               faults = { wifi_refused = true, drop_at_percent = 40, … }   (any field of NodeFaults)
 
 The virtual WiFi's credentials default to SSID ``uc2-lab`` and password ``uc2-lab-pass``, documented
 in ``CONTRACT.md`` §5 and not secret; the password is still never logged or printed.
@@ -24,20 +27,22 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from uc2otad.errors import ConfigError
+from uc2otad.sim.can_rate import CanRate
+from uc2otad.sim.esp_chips import CHIPS
 from uc2otad.sim.master import DEFAULT_BAUD, MasterKind, MasterTiming
 from uc2otad.sim.nodes import (
     DEFAULT_BUILD,
     DEFAULT_NODE_IDS,
     DEFAULT_VERSION,
+    NodeFaults,
     NodeSpec,
     Reports,
     default_node,
     mac_for,
     role_for,
 )
-
-DEFAULT_SSID = "uc2-lab"
-DEFAULT_PASSWORD = "uc2-lab-pass"
+from uc2otad.sim.ota_board import ARDUINO_OTA_PORT
+from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 
 T = TypeVar("T")
 
@@ -56,8 +61,14 @@ class SimConfig:
     serial_link: Path | None = None
     #: also serve the master on ``socket://127.0.0.1:P``
     socket: bool = True
+    #: the master's chip, whose ROM loader esptool reaches (the CAN HAT's CP2102 board: ESP32, §6)
+    master_chip: str = "esp32"
     ssid: str = DEFAULT_SSID
     password: str = field(default=DEFAULT_PASSWORD, repr=False)
+    #: the slaves' ArduinoOTA UDP port; 0 lets each bind a free one (tests running side by side)
+    ota_port: int = ARDUINO_OTA_PORT
+    #: the CAN-rate model: off unless ``paced``
+    can: CanRate = field(default_factory=CanRate)
     #: served as the firmware server when set
     firmware_dir: Path | None = None
     timing: MasterTiming = field(default_factory=MasterTiming)
@@ -74,10 +85,11 @@ def load_config(path: Path | None) -> SimConfig:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError("config", f"cannot read {path}: {err}") from err
-    _only(document, "", {"master", "wifi", "firmware", "timing", "nodes"})
-    master_keys = {"kind", "version", "build", "baud", "log_noise", "serial_link", "socket"}
+    _only(document, "", {"master", "wifi", "firmware", "timing", "nodes", "can"})
+    master_keys = {"kind", "version", "build", "baud", "log_noise", "serial_link", "socket", "chip"}
     master = _table(document, "master", master_keys)
-    wifi = _table(document, "wifi", {"ssid", "password"})
+    wifi = _table(document, "wifi", {"ssid", "password", "ota_port"})
+    can = _table(document, "can", {"bitrate", "paced"})
     firmware = _table(document, "firmware", {"dir"})
     timing = _table(document, "timing", {item.name for item in fields(MasterTiming)})
     defaults = SimConfig()
@@ -90,8 +102,11 @@ def load_config(path: Path | None) -> SimConfig:
         log_noise=_get(master, "master.log_noise", bool, defaults.log_noise),
         serial_link=_path(path, master.get("serial_link"), "master.serial_link"),
         socket=_get(master, "master.socket", bool, defaults.socket),
+        master_chip=_chip(_get(master, "master.chip", str, defaults.master_chip)),
         ssid=_get(wifi, "wifi.ssid", str, defaults.ssid),
         password=_get(wifi, "wifi.password", str, defaults.password),
+        ota_port=_get(wifi, "wifi.ota_port", int, defaults.ota_port),
+        can=_can_rate(can),
         firmware_dir=_path(path, firmware.get("dir"), "firmware.dir"),
         timing=MasterTiming(**{key: _seconds(value, f"timing.{key}") for key, value in timing.items()}),
     )
@@ -125,7 +140,7 @@ def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
         return default
     if not isinstance(value, list):
         raise ConfigError("nodes", "must be an array of tables ([[nodes]])")
-    known = {"id", "role", "version", "build", "reports", "mac", "image", "routed", "online"}
+    known = {"id", "role", "version", "build", "reports", "mac", "image", "routed", "online", "faults"}
     specs: list[NodeSpec] = []
     for number, item in enumerate(value, start=1):
         prefix = f"nodes[{number}]."
@@ -148,9 +163,40 @@ def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
                 image=_get(item, prefix + "image", str, ""),
                 routed=_get(item, prefix + "routed", bool, True),
                 online=_get(item, prefix + "online", bool, True),
+                faults=_faults(item.get("faults"), prefix + "faults"),
             )
         )
     return tuple(specs)
+
+
+def _faults(value: Any, key: str) -> NodeFaults:
+    if value is None:
+        return NodeFaults()
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table of NodeFaults fields")
+    _only(value, key + ".", {item.name for item in fields(NodeFaults)})
+    defaults = NodeFaults()
+
+    def share(name: str) -> float | None:
+        return _seconds(value[name], f"{key}.{name}") if name in value else None
+
+    offset = _get(value, f"{key}.corrupt_offset", int, -1)
+    return NodeFaults(
+        wifi_refused=_get(value, f"{key}.wifi_refused", bool, defaults.wifi_refused),
+        ota_start_fails=_get(value, f"{key}.ota_start_fails", bool, defaults.ota_start_fails),
+        full_erase_first=_get(value, f"{key}.full_erase_first", bool, defaults.full_erase_first),
+        drop_at_percent=share("drop_at_percent"),
+        stall_at_percent=share("stall_at_percent"),
+        stall_seconds=share("stall_seconds") or defaults.stall_seconds,
+        corrupt_offset=offset if offset >= 0 else None,
+    )
+
+
+def _can_rate(table: Mapping[str, Any]) -> CanRate:
+    bitrate = _get(table, "can.bitrate", int, CanRate().bitrate)
+    if bitrate <= 0:
+        raise ConfigError("can.bitrate", f"must be a positive number of bits per second, not {bitrate}")
+    return CanRate(bitrate=bitrate, paced=_get(table, "can.paced", bool, False))
 
 
 def _kind(value: str) -> MasterKind:
@@ -158,6 +204,12 @@ def _kind(value: str) -> MasterKind:
         return MasterKind(value)
     except ValueError:
         raise ConfigError("master.kind", f"must be one of {[kind.value for kind in MasterKind]}") from None
+
+
+def _chip(value: str) -> str:
+    if value not in CHIPS:
+        raise ConfigError("master.chip", f"must be one of {', '.join(CHIPS)}, not {value!r}")
+    return value
 
 
 def _table(document: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:

@@ -5,18 +5,26 @@ Written from ``shared/specs/uc2-stack.md`` §2, §3.2, §7 and §11 (never from 
 - commands are read by the firmware's brace counter (:mod:`uc2otad.sim.wire`), queued (5 deep, as
   ``serialMSGQueue``; more are dropped) and handled one at a time;
 - ``/state_get`` answers the board's identity, echoing the request's qid (0 without one);
-- ``/can_act`` with ``scan`` lists the routed nodes — reachable ones with build, version and MAC,
-  unreachable ones without — and with ``probeRange`` also nodes outside the routing table ("unrouted");
-  a legacy master lists only the nodes that answer, in the short form, after its 500 ms wait;
-- ``/can_act`` with ``restart`` acknowledges ``{"status":"ok","nodeId":N}`` and the node drops off the
-  bus ~200 ms later until it has booted; node 0 is the master itself;
+- ``/can_act`` with ``scan`` lists the routed nodes — reachable ones with build, version and MAC read
+  from them by SDO, unreachable ones without — and with ``probeRange`` also nodes outside the routing
+  table ("unrouted"); a legacy master lists only the nodes that answer, in the short form, after its
+  500 ms wait;
+- ``/can_act`` with ``restart`` writes 1 to the node's 0x2507 and acknowledges
+  ``{"status":"ok","nodeId":N}``; the node drops off the bus ~200 ms later until it has booted; node 0
+  is the master itself;
 - ``/can_get`` reports NMT state and bus counters (CANopen masters only);
+- ``/ota_start`` streams an image to a slave (:mod:`~uc2otad.sim.stream_ota`, CANopen masters);
+  legacy ``/can_act`` with ``ota`` relays the WiFi OTA command (:mod:`~uc2otad.sim.wifi_ota`);
 - int results follow the ``{"qid": <result>, "success": …}`` rule (``/state_act``, legacy ``/can_act``);
 - between answers the debug log runs: Arduino ``[I][file.cpp:NN]`` and ESP-IDF ``I (ms) TAG:`` lines.
 
-Faults, switchable at any time: a node goes offline, the master hangs (stops answering) or reboots
-(ROM banner at 115200 baud, garbage to a client at another rate), garbage on the line; the port itself
-vanishes and returns (:class:`~uc2otad.sim.pty_port.PtyPort`, :class:`~uc2otad.sim.socket_port.SocketPort`).
+The slaves are :class:`~uc2otad.sim.canopen_slave.CanOpenSlave` nodes on the microscope's python-can
+bus; the master reaches them only through frames on it (:mod:`~uc2otad.sim.master_can`).
+
+Faults, switchable at any time: a node goes offline or misbehaves (:meth:`VirtualMaster.slave`), the
+master hangs (stops answering) or reboots (ROM banner at 115200 baud, garbage to a client at another
+rate), garbage on the line; the port itself vanishes and returns
+(:class:`~uc2otad.sim.pty_port.PtyPort`, :class:`~uc2otad.sim.socket_port.SocketPort`).
 
 Constraint: asyncio only, never blocking; every delay is a field of :class:`MasterTiming`.
 """
@@ -32,7 +40,18 @@ from typing import Any, Protocol
 
 from uc2otad.errors import ConfigError
 from uc2otad.sim import wire
-from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, UNROUTED, UNVERSIONED, NodeSpec
+from uc2otad.sim.can_bus import SimCanBus
+from uc2otad.sim.can_rate import CanRate
+from uc2otad.sim.canopen_slave import CanOpenSlave
+from uc2otad.sim.master_can import CanOpenClient, SdoTransferError
+from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, UNROUTED, NodeSpec
+from uc2otad.sim.ota_board import ARDUINO_OTA_PORT
+from uc2otad.sim.slave_objects import BUILD_TIME, FIRMWARE_VERSION, IMAGE_NAME, MAC_ADDRESS, REBOOT
+from uc2otad.sim.stream_ota import StreamReceiver, StreamStats, error_line, parse_ota_start
+
+# re-exported (mypy wants the alias): MasterTiming lived here, and its importers keep working
+from uc2otad.sim.timing import MasterTiming as MasterTiming  # noqa: PLC0414
+from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID, OtaStart, WifiNetwork, WifiOtaRelay
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -56,28 +75,12 @@ class MasterKind(Enum):
     LEGACY = "legacy"
 
 
-@dataclass(frozen=True)
-class MasterTiming:
-    """Every delay of the virtual bus, in seconds; tests shrink them."""
-
-    #: one SDO read of a reachable node: a few frames at 500 kbit/s plus the slave's answer
-    sdo_time: float = 0.002
-    #: an SDO read of an unreachable node times out after 100 ms (FW-main ``_read_SDO``)
-    sdo_timeout: float = 0.1
-    #: a legacy master collects scan answers for 500 ms (§2.4)
-    legacy_scan_wait: float = 0.5
-    #: a slave restarts ~200 ms after the SDO write to 0x2507 (§2.4)
-    restart_delay: float = 0.2
-    #: a restarted slave is back on the bus after its boot (ESP32-S3 ROM and app start; an estimate)
-    node_boot_time: float = 1.0
-    #: the master runs its app again this long after a reset (ROM, bootloader, setup; an estimate)
-    master_boot_time: float = 0.8
-
-
 #: the firmware's command queue (``serialMSGQueue = xQueueCreate(5, …)``)
 COMMAND_QUEUE_LENGTH = 5
 #: what an endpoint answers: a JSON object to frame, or nothing
 Reply = dict[str, Any] | None
+#: the WiFi OTA window UC2-REST asks for unless told otherwise (``timeout=300000``)
+DEFAULT_OTA_WINDOW_MS = 300_000
 
 
 class SimPort(Protocol):
@@ -96,16 +99,13 @@ class _Attachment:
     def __init__(self, port: SimPort) -> None:
         self.port = port
         self.reader = wire.CommandReader()
+        #: input that arrived while ``/ota_start`` was handled: the serial loop reads it afterwards,
+        #: as JSON or, once "ready" switched it to binary mode, as firmware
+        self.held: bytearray | None = None
 
 
-class _Node:
-    """A node's state on the bus."""
-
-    def __init__(self, spec: NodeSpec) -> None:
-        self.spec = spec
-        self.online = spec.online
-        #: loop time until which the node is rebooting
-        self.booting_until = 0.0
+#: an endpoint: the port the command came from (where a stream's bytes will come from), the command
+Endpoint = Callable[[_Attachment, dict[str, Any]], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -147,16 +147,39 @@ class VirtualMaster:
         baud: int = DEFAULT_BAUD,
         timing: MasterTiming | None = None,
         log_noise: bool = True,
+        network: WifiNetwork | None = None,
+        can_rate: CanRate | None = None,
+        ota_port: int = ARDUINO_OTA_PORT,
     ) -> None:
-        self._nodes: dict[int, _Node] = {}
-        for spec in nodes:
-            if spec.can_id in self._nodes:
-                raise ConfigError("nodes", f"CAN id {spec.can_id} is listed twice")
-            self._nodes[spec.can_id] = _Node(spec)
+        """
+        :param network: the WiFi the slaves can join (default: the microscope's default credentials)
+        :param can_rate: the CAN-rate model (default: off)
+        :param ota_port: the slaves' ArduinoOTA port (0: each binds a free one)
+        """
         self.identity = identity or MasterIdentity()
         self.baud = baud
         self.timing = timing or MasterTiming()
         self.log_noise = log_noise
+        #: the microscope's CAN bus, shared by the master and its slaves
+        self.can_bus = SimCanBus(can_rate)
+        network = network or WifiNetwork(DEFAULT_SSID, DEFAULT_PASSWORD)
+        self._slaves: dict[int, CanOpenSlave] = {}
+        for spec in nodes:
+            if spec.can_id in self._slaves:
+                raise ConfigError("nodes", f"CAN id {spec.can_id} is listed twice")
+            self._slaves[spec.can_id] = CanOpenSlave(
+                spec, self.can_bus, timing=self.timing, network=network, ota_port=ota_port
+            )
+        canopen = self.identity.kind is MasterKind.CANOPEN
+        self._canopen = CanOpenClient(self.can_bus, self.timing) if canopen else None
+        if self._canopen is not None:
+            self._canopen.on_boot_up = lambda can_id: self._idf_log("I", "UC2_CO", f"node {can_id} boot-up")
+        self._relay = None if canopen else WifiOtaRelay(self.can_bus, self._publish)
+        self._stream: StreamReceiver | None = None
+        self._stream_attachment: _Attachment | None = None
+        #: what the last stream's time went into (benchmarks)
+        self.stream_stats: StreamStats | None = None
+        self._bus_up = False
         #: called with every command read from a port, before it is queued: lets tests and tools watch
         self.on_command: Callable[[dict[str, Any]], None] | None = None
         self._attachments: list[_Attachment] = []
@@ -175,7 +198,17 @@ class VirtualMaster:
 
     @property
     def nodes(self) -> list[NodeSpec]:
-        return [node.spec for node in self._nodes.values()]
+        return [slave.spec for slave in self._slaves.values()]
+
+    def slave(self, can_id: int) -> CanOpenSlave:
+        """Node ``can_id``: to look at its image, set its faults, wait for its reboot.
+
+        :raises ConfigError: no such node on the bus
+        """
+        try:
+            return self._slaves[can_id]
+        except KeyError:
+            raise ConfigError("nodes", f"no node {can_id} on the virtual bus") from None
 
     def attach(self, port: SimPort) -> None:
         """Talk over ``port`` too: its input is read, answers go back to it, the log goes to all ports."""
@@ -184,10 +217,17 @@ class VirtualMaster:
         port.on_data = lambda data: self._receive(attachment, data)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._started_at = loop.time()
-        self._worker = loop.create_task(self._work(), name="virtual master")
-        self._log("I", "main.cpp", 88, "setup(): UC2 master ready")
+        """Power on: the CAN bus with the slaves (once), then the master's app."""
+        if not self._bus_up:
+            self._bus_up = True
+            # the master listens first, so that it hears the slaves' boot-up messages
+            if self._canopen is not None:
+                await self._canopen.start()
+            if self._relay is not None:
+                await self._relay.start()
+            for slave in self._slaves.values():
+                await slave.start()
+        self._run_app()
 
     async def stop(self) -> None:
         for timer in self._timers:
@@ -199,12 +239,26 @@ class VirtualMaster:
         if tasks:
             await asyncio.wait(tasks)
         self._worker = None
+        await self._end_stream()
+        if self._bus_up:
+            self._bus_up = False
+            for slave in self._slaves.values():
+                await slave.stop()
+            for side in (self._canopen, self._relay):
+                if side is not None:
+                    await side.stop()
+
+    def _run_app(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
+        self._worker = loop.create_task(self._work(), name="virtual master")
+        self._log("I", "main.cpp", 88, "setup(): UC2 master ready")
 
     # ---- faults ---------------------------------------------------------------------------------------
 
     def set_node_online(self, can_id: int, online: bool) -> None:
-        """Connect or disconnect node ``can_id`` from the bus (unplugged, powered off)."""
-        self._node(can_id).online = online
+        """Connect or disconnect node ``can_id`` from the bus (its cable plugged in or out)."""
+        self.slave(can_id).set_online(online)
         _LOGGER.info("node %d is %s", can_id, "online" if online else "offline")
 
     def set_muted(self, muted: bool) -> None:
@@ -225,12 +279,16 @@ class VirtualMaster:
             await asyncio.wait([self._worker])
         while not self._queue.empty():
             self._queue.get_nowait()
+        await self._end_stream()  # binary mode and its SDO transfer end with the RAM
+        if self._canopen is not None:
+            self._canopen.forget_heard()
         for attachment in self._attachments:
             attachment.reader = wire.CommandReader()
+            attachment.held = None
             self._send(attachment, wire.ROM_BOOT_BANNER, baud=wire.ROM_BAUD)
         await asyncio.sleep(self.timing.master_boot_time)
         self._booting = False
-        await self.start()
+        self._run_app()
 
     def send_garbage(self, data: bytes = b"\xff\xfe\x00\x13\xa5\x7f{\x00\x92\x81\xc0") -> None:
         """Noise on the line (a loose cable, EMI from the motors): bytes without a newline."""
@@ -245,23 +303,40 @@ class VirtualMaster:
         if not self._baud_matches(attachment, self.baud):
             _LOGGER.debug("input at the wrong baud rate (client %s): garbage", attachment.port.client_baud())
             return
+        if attachment.held is not None:
+            attachment.held += data
+            return
+        if self._stream is not None:  # binary mode: SerialProcess hands every byte to the receiver
+            if attachment is self._stream_attachment:
+                self._stream.feed(data)
+            else:
+                _LOGGER.debug("input on another port while streaming: %d bytes dropped", len(data))
+            return
         for received in attachment.reader.feed(data):
             if received.command is None:
                 self._send(attachment, wire.reply_frame({"error": received.problem}))
                 continue
             if self.on_command is not None:
                 self.on_command(received.command)
+            if received.command.get("task") == "/ota_start" and "/ota_start" in self._endpoints:
+                # handled before the serial loop reads on: the bytes after the preamble (UC2-REST's
+                # newline, then firmware) are read in whatever mode the handler leaves behind
+                attachment.held = bytearray(data[received.end :])
+                attachment.reader = wire.CommandReader()
             try:
                 self._queue.put_nowait((attachment, received.command))
             except asyncio.QueueFull:
                 self._log(
                     "W", "SerialProcess.cpp", 263, "addJsonToQueue(): Serial queue full - dropping message"
                 )
+            if attachment.held is not None:
+                return
 
     async def _work(self) -> None:
         while True:
             attachment, command = await self._queue.get()
             if self._muted:
+                self._read_held(attachment, command)
                 continue
             try:
                 await self._handle(attachment, command)
@@ -276,11 +351,22 @@ class VirtualMaster:
         handler = self._endpoints.get(task)
         if handler is None:
             return  # no endpoint: the firmware answers nothing
-        reply = await handler(command)
-        if reply is not None:
-            self._send(attachment, wire.reply_frame(reply))
+        try:
+            reply = await handler(attachment, command)
+            if reply is not None:
+                self._send(attachment, wire.reply_frame(reply))
+        finally:
+            self._read_held(attachment, command)
 
-    def _endpoints_of(self, kind: MasterKind) -> dict[str, Callable[[dict[str, Any]], Awaitable[Reply]]]:
+    def _read_held(self, attachment: _Attachment, command: dict[str, Any]) -> None:
+        """After ``/ota_start`` the serial loop reads on: the input that waited meanwhile."""
+        if command.get("task") != "/ota_start":
+            return  # a command queued before it: the loop still waits
+        held, attachment.held = attachment.held, None
+        if held:
+            self._receive(attachment, bytes(held))
+
+    def _endpoints_of(self, kind: MasterKind) -> dict[str, Endpoint]:
         """The tasks the firmware generation handles; it answers nothing to any other task."""
         if kind is MasterKind.CANOPEN:
             return {
@@ -288,6 +374,7 @@ class VirtualMaster:
                 "/state_act": self._state_act,
                 "/can_act": self._can_act,
                 "/can_get": self._can_get,
+                "/ota_start": self._ota_start,
             }
         return {
             "/state_get": self._state_get,
@@ -297,81 +384,100 @@ class VirtualMaster:
 
     # ---- endpoints ------------------------------------------------------------------------------------
 
-    async def _state_get(self, command: dict[str, Any]) -> Reply:
+    async def _state_get(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         return {"state": self.identity.state(), "qid": wire.request_qid(command)}
 
-    async def _state_act(self, command: dict[str, Any]) -> Reply:
+    async def _state_act(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         if "restart" in command:
             self._spawn(self.reboot())  # ESP.restart(): no answer
             return None
         return wire.int_reply(1)
 
-    async def _can_act(self, command: dict[str, Any]) -> Reply:
+    async def _can_act(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         if command.get("scan"):
             return await self._scan(command)
         restart = command.get("restart")
         if isinstance(restart, int) and not isinstance(restart, bool):
-            return self._restart(restart)
+            return await self._restart(restart)
         # node-id configuration is the remaining branch; with none of its keys it answers "ok"
         return {"status": "ok", "nodeId": 1, "canMotorAxis": 0}
 
     async def _scan(self, command: dict[str, Any]) -> dict[str, Any]:
+        client = self._canopen_client()
         entries: list[dict[str, Any]] = []
-        for node in sorted(self._nodes.values(), key=lambda node: node.spec.can_id):
-            if node.spec.routed:
-                entries.append(await self._probe(node, routed=True))
+        for slave in sorted(self._slaves.values(), key=lambda slave: slave.can_id):
+            if slave.spec.routed:
+                entries.append(await self._scan_entry(client, slave.can_id, slave.spec))
         if command.get("probeRange"):
             first, last = _int(command.get("from"), 1), _int(command.get("to"), 127)
-            for can_id in range(max(first, 2), min(last, 127) + 1):
-                found = self._nodes.get(can_id)
-                if found is None or found.spec.routed or not self._reachable(found):
-                    await asyncio.sleep(self.timing.sdo_time)  # absent ids fail fast (UC2-REST docs)
-                    continue
-                entries.append(await self._probe(found, routed=False))
+            routed = {slave.can_id for slave in self._slaves.values() if slave.spec.routed}
+            candidates = [can_id for can_id in range(max(first, 2), min(last, 127) + 1)
+                          if can_id not in routed]  # fmt: skip
+            for can_id in await client.probe(candidates):
+                entries.append(await self._scan_entry(client, can_id, None))
         master = {"canId": 1, "build": self.identity.build, "fwVersion": self.identity.version,
                   "mac": self.identity.mac}  # fmt: skip
         return {"master": master, "scan": entries, "qid": wire.request_qid(command), "count": len(entries)}
 
-    async def _probe(self, node: _Node, *, routed: bool) -> dict[str, Any]:
-        """A node's scan entry, after the SDO reads of build (0x2508), version (0x2500) and MAC (0x2509)."""
-        spec = node.spec
+    async def _scan_entry(self, client: CanOpenClient, can_id: int, spec: NodeSpec | None) -> dict[str, Any]:
+        """A node's scan entry: its routing (None: a probed node outside the table), then what it answers
+        to the SDO reads of build (0x2508), version (0x2500), MAC (0x2509) and image name (0x2501)."""
         entry: dict[str, Any] = {
-            "canId": spec.can_id,
-            "deviceType": spec.device_type if routed else UNROUTED,
-            "deviceTypeStr": spec.role if routed else "unrouted",
+            "canId": can_id,
+            "deviceType": spec.device_type if spec is not None else UNROUTED,
+            "deviceTypeStr": spec.role if spec is not None else "unrouted",
         }
-        if not self._reachable(node):
-            await asyncio.sleep(self.timing.sdo_timeout)
-            self._log("W", "CANopenModule.cpp", 733, f"scan(): node {spec.can_id} did not answer")
+        answers = await client.read_texts(can_id, (BUILD_TIME, FIRMWARE_VERSION, MAC_ADDRESS, IMAGE_NAME))
+        if answers is None:
+            self._log("W", "CANopenModule.cpp", 733, f"scan(): node {can_id} did not answer")
             entry.update({"status": 1, "statusStr": "unreachable"})
             return entry
-        await asyncio.sleep(3 * self.timing.sdo_time)
-        self._idf_log("I", "UC2_CO", f"scan: node {spec.can_id} ({spec.role}) answered")
+        self._idf_log("I", "UC2_CO", f"scan: node {can_id} ({entry['deviceTypeStr']}) answered")
         entry.update({"status": 0, "statusStr": "idle"})
-        if spec.reports != "none":
-            entry["build"] = spec.build
-            entry["fwVersion"] = spec.version if spec.reports == "version" else UNVERSIONED
-            entry["mac"] = spec.mac
-            if spec.image:
-                entry["fwImage"] = spec.image
+        for key, value in zip(("build", "fwVersion", "mac", "fwImage"), answers, strict=True):
+            if value:
+                entry[key] = value
         return entry
 
-    def _restart(self, can_id: int) -> dict[str, Any]:
+    async def _restart(self, can_id: int) -> dict[str, Any]:
         if can_id == 0:
             self._later(self.timing.restart_delay, lambda: self._spawn(self.reboot()))
             return {"status": "ok", "nodeId": 0}
-        node = self._nodes.get(can_id)
-        if node is None or not self._reachable(node):
+        try:
+            await self._canopen_client().write(
+                can_id, REBOOT, 0, 1, size=1, response_timeout=self.timing.sdo_timeout
+            )
+        except SdoTransferError:
             return {"status": "error", "error": "SDO write failed", "nodeId": can_id}
-        self._later(self.timing.restart_delay, lambda: self._reset_node(node))
+        self._idf_log("I", "UC2_CO", f"node {can_id} restarting")
         return {"status": "ok", "nodeId": can_id}
 
-    async def _can_get(self, command: dict[str, Any]) -> Reply:
+    async def _ota_start(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
+        """``DeviceRouter::handleOtaStart``: check, wait for the node, "ready", binary mode."""
+        request = parse_ota_start(command)
+        if isinstance(request, str):
+            return error_line(request)
+        client = self._canopen_client()
+        if not await client.wait_heard(request.node_id, self.timing.reachable_timeout):
+            return error_line("slave_unreachable")
+        self._log("I", "OtaBinaryReceive.cpp", 74, f"begin(): node {request.node_id} size {request.size}")
+        receiver = StreamReceiver(
+            request,
+            client,
+            self.timing,
+            send_line=lambda line: self._send_line(attachment, line),
+            on_end=self._stream_ended,
+        )
+        self._stream, self._stream_attachment = receiver, attachment
+        receiver.start()
+        return request.ready()
+
+    async def _can_get(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         bus = {"txErr": 0, "rxErr": 0, "txFailed": 0, "busOffCount": 0, "state": "running"}
         return {"nodeId": 1, "canRole": MASTER_CAN_ROLE, "nmtState": NMT_OPERATIONAL,
                 "nmtStateStr": "OPERATIONAL", "bus": bus}  # fmt: skip
 
-    async def _legacy_can_act(self, command: dict[str, Any]) -> Reply:
+    async def _legacy_can_act(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         if command.get("scan"):
             await asyncio.sleep(self.timing.legacy_scan_wait)
             entries = [
@@ -382,34 +488,41 @@ class VirtualMaster:
                     "deviceTypeStr": node.spec.role,
                     "statusStr": "idle",
                 }
-                for node in sorted(self._nodes.values(), key=lambda node: node.spec.can_id)
-                if node.spec.can_id in LEGACY_SCAN_IDS and self._reachable(node)
+                # the legacy scan's ISO-TP exchange is not simulated: the answer is whether the node is up
+                for node in sorted(self._slaves.values(), key=lambda node: node.can_id)
+                if node.can_id in LEGACY_SCAN_IDS and node.reachable
             ]
             return {"scan": entries, "qid": wire.request_qid(command), "count": len(entries)}
         ota = command.get("ota")
         if isinstance(ota, dict):
-            # can_controller::act(): 0 once the CAN message is queued, -1 when keys are missing. The
-            # slave's asynchronous {"ota": …} answer comes with the WiFi boards of the update methods.
-            complete = all(key in ota for key in ("canid", "ssid", "password"))
-            return wire.int_reply(0 if complete else -1)
+            # can_controller::act(): 0 once the CAN message is queued, -1 when keys are missing; the
+            # slave's answer comes later, as an {"ota": …} message (wifi_ota.py)
+            request = _ota_request(ota)
+            if request is None or self._relay is None:
+                return wire.int_reply(-1)
+            self._relay.forward(request[0], request[1])
+            return wire.int_reply(0)
         return wire.int_reply(0)
 
     # ---- the bus --------------------------------------------------------------------------------------
 
-    def _reachable(self, node: _Node) -> bool:
-        return node.online and asyncio.get_running_loop().time() >= node.booting_until
+    def _canopen_client(self) -> CanOpenClient:
+        if self._canopen is None:
+            raise RuntimeError("a legacy master has no CANopen side")
+        return self._canopen
 
-    def _reset_node(self, node: _Node) -> None:
-        node.booting_until = asyncio.get_running_loop().time() + self.timing.node_boot_time
-        self._idf_log("I", "UC2_CO", f"node {node.spec.can_id} restarting")
-        back = f"node {node.spec.can_id} boot-up"
-        self._later(self.timing.node_boot_time, lambda: self._idf_log("I", "UC2_CO", back))
+    def _stream_ended(self, receiver: StreamReceiver) -> None:
+        """Back to JSON: the receiver sent its last status line."""
+        if self._stream is receiver:
+            attachment = self._stream_attachment
+            self._stream = self._stream_attachment = None
+            self.stream_stats = receiver.stats
+            if attachment is not None:
+                attachment.reader = wire.CommandReader()
 
-    def _node(self, can_id: int) -> _Node:
-        try:
-            return self._nodes[can_id]
-        except KeyError:
-            raise ConfigError("nodes", f"no node {can_id} on the virtual bus") from None
+    async def _end_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
 
     # ---- output ---------------------------------------------------------------------------------------
 
@@ -418,6 +531,16 @@ class VirtualMaster:
         if not self._baud_matches(attachment, baud or self.baud):
             data = wire.garbled(data)
         attachment.port.write(data)
+
+    def _send_line(self, attachment: _Attachment, line: dict[str, Any]) -> None:
+        """A bare status line, as the firmware writes it: the object, then its newline (two writes)."""
+        self._send(attachment, wire.compact(line))
+        self._send(attachment, b"\n")
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        """An unsolicited framed message (the slave's ``ota`` answer) to every port."""
+        for attachment in self._attachments:
+            self._send(attachment, wire.reply_frame(message))
 
     def _baud_matches(self, attachment: _Attachment, baud: int) -> bool:
         client = attachment.port.client_baud()
@@ -454,3 +577,12 @@ class VirtualMaster:
 
 def _int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _ota_request(ota: dict[str, Any]) -> tuple[int, OtaStart] | None:
+    """The legacy ``ota`` object as (node, command); None when a key is missing or of the wrong type."""
+    can_id, timeout = _int(ota.get("canid"), -1), _int(ota.get("timeout", DEFAULT_OTA_WINDOW_MS), -1)
+    ssid, password = ota.get("ssid"), ota.get("password")
+    if can_id < 0 or timeout < 0 or not isinstance(ssid, str) or not isinstance(password, str):
+        return None
+    return can_id, OtaStart(ssid, password, timeout)

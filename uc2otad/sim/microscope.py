@@ -12,16 +12,20 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from uc2otad.sim.config import SimConfig
+from uc2otad.sim.esp_boot import BootResult
 from uc2otad.sim.firmware_server import SimFirmwareServer
 from uc2otad.sim.master import MasterIdentity, VirtualMaster
 from uc2otad.sim.nodes import NodeSpec
 from uc2otad.sim.pty_port import PtyPort
+from uc2otad.sim.rom_loader import RomLoader, RomLoaderConfig
 from uc2otad.sim.socket_port import SocketPort
+from uc2otad.sim.wifi_ota import WifiNetwork
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,7 +47,16 @@ class VirtualMicroscope:
             baud=self.config.baud,
             timing=self.config.timing,
             log_noise=self.config.log_noise,
+            network=WifiNetwork(self.config.ssid, self.config.password),
+            can_rate=self.config.can,
+            ota_port=self.config.ota_port,
         )
+        #: the master's serial bootloader for esptool, on its own ``socket://`` port
+        self.rom_loader = RomLoader(RomLoaderConfig(chip=self.config.master_chip, mac=identity.mac))
+        # the master and its ROM loader are one board: in the loader the app is silent, and once esptool
+        # lets go the board runs whatever is in its flash now
+        self.rom_loader.on_download = lambda: self.master.set_muted(True)
+        self.rom_loader.on_boot = self._master_booted
         self._pty: PtyPort | None = None
         self.socket: SocketPort | None = None
         self.firmware: SimFirmwareServer | None = None
@@ -73,10 +86,25 @@ class VirtualMicroscope:
                 self.firmware = SimFirmwareServer(self.config.firmware_dir)
                 await self.firmware.start()
                 stack.push_async_callback(self.firmware.stop)
+            await self.rom_loader.start()
+            stack.push_async_callback(self.rom_loader.stop)
             await self.master.start()
             stack.push_async_callback(self.master.stop)
             self._stack = stack.pop_all()
         _LOGGER.info("virtual microscope ready on %s", self._pty.path)
+
+    def _master_booted(self, result: BootResult) -> None:
+        """The master left its ROM loader: a new app reports itself; a board that cannot boot stays silent."""
+        if not result.ok:
+            _LOGGER.warning("virtual master does not boot: %s", result.reason)
+            return
+        if result.changed:
+            identity = self.master.identity
+            self.master.identity = replace(
+                identity, version=result.version or identity.version, build=result.build or identity.build
+            )
+            _LOGGER.info("virtual master boots its new image: version=%s", self.master.identity.version)
+        self.master.set_muted(False)
 
     @property
     def pty(self) -> PtyPort:
@@ -114,7 +142,7 @@ class VirtualMicroscope:
             "serial_port": self.pty.path,
             "baud": self.config.baud,
             "firmware_server": self.firmware.url if self.firmware is not None else None,
-            "rom_loader": None,
+            "rom_loader": self.rom_loader.url,
             "wifi": {"ssid": self.config.ssid},
             "nodes": {
                 str(node.can_id): {

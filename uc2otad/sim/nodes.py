@@ -8,7 +8,8 @@ LEDs 30-31, galvos 40-49, GPIO slave 60, PTZ bridge 61. What a node reports in a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 from uc2otad.errors import ConfigError
@@ -52,6 +53,27 @@ def role_for(can_id: int) -> str:
 
 
 @dataclass(frozen=True)
+class NodeFaults:
+    """Switchable misbehaviour of one slave; the default is a healthy board."""
+
+    #: joining WiFi fails whatever the credentials (out of range): the ``ota`` event has status 1
+    wifi_refused: bool = False
+    #: ArduinoOTA does not start after joining: status 2
+    ota_start_fails: bool = False
+    #: the first size write after each boot erases the whole partition before it answers, as firmware
+    #: before 2026-09-30 did: a master with a shorter size-write timeout reports ``size_write_failed``
+    #: and the retry succeeds (uc2-stack.md §8 item 5)
+    full_erase_first: bool = False
+    #: the slave resets (a brown-out) once this share of an image has arrived, and boots its old image
+    drop_at_percent: float | None = None
+    #: the slave stops answering once this share of an image has arrived, for ``stall_seconds``
+    stall_at_percent: float | None = None
+    stall_seconds: float = math.inf
+    #: the flash write of this image offset goes wrong: the slave's CRC check refuses the image
+    corrupt_offset: int | None = None
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """One slave board of the virtual microscope."""
 
@@ -67,6 +89,7 @@ class NodeSpec:
     routed: bool = True
     #: on the bus when the simulation starts
     online: bool = True
+    faults: NodeFaults = field(default_factory=NodeFaults)
 
     def __post_init__(self) -> None:
         if not 2 <= self.can_id <= 127:

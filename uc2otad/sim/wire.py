@@ -14,7 +14,7 @@ Written from ``shared/specs/uc2-stack.md`` §2 (and the FW-main sources it cites
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 #: ``static char serialInputBuffer[8192]``: an object fills at most 8191 bytes (the last holds the NUL)
@@ -47,6 +47,8 @@ class Received:
     command: dict[str, Any] | None = None
     #: why the bytes are no command; the firmware answers ``{"error": problem}``
     problem: str | None = None
+    #: where the object ended in the bytes fed: what follows it is the host's next input
+    end: int = 0
 
 
 class CommandReader:
@@ -59,7 +61,7 @@ class CommandReader:
 
     def feed(self, data: bytes) -> list[Received]:
         received: list[Received] = []
-        for byte in data:
+        for index, byte in enumerate(data):
             if byte == ord("{"):
                 if not self._inside:
                     self._inside = True
@@ -78,7 +80,7 @@ class CommandReader:
                 self._depth -= 1
                 if self._depth == 0:
                     self._inside = False
-                    received.append(_parse(bytes(self._buffer)))
+                    received.append(replace(_parse(bytes(self._buffer)), end=index + 1))
         return received
 
 

@@ -1,0 +1,142 @@
+"""The simulated slave's OTA objects, reboots, reports and faults, seen from the CAN bus.
+
+A python-canopen client does what the master does (``uc2-stack.md`` §3.1: CRC, size, block download,
+read 0x2F03/0x2F05), so every expectation here is about frames on the bus and the image the slave boots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import zlib
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from canopen.sdo.exceptions import SdoAbortedError, SdoCommunicationError
+from espimage import build_app_image
+from simcan import FAST, canopen_node, raw_peer, slave_on_bus
+
+from uc2otad.sim.canopen_slave import CanOpenSlave
+from uc2otad.sim.nodes import UNVERSIONED, NodeFaults, default_node
+
+NODE = 11
+IMAGE_OBJECT, SIZE_OBJECT, CRC_OBJECT, STATUS_OBJECT, ERROR_OBJECT = 0x2F00, 0x2F01, 0x2F02, 0x2F03, 0x2F05
+NEW_VERSION = "v2099.3.0"
+IMAGE = build_app_image("esp32s3", version=NEW_VERSION, date="Nov 27 2026", time="12:00:00",
+                        segment_sizes=(0x1000, 0x100, 0x400, 0x800))  # fmt: skip
+
+
+def stream(node: Any, image: bytes, *, crc: int | None = None) -> None:
+    """The master's sequence, blocking (run it in a thread)."""
+    node.sdo.download(CRC_OBJECT, 0, struct.pack("<I", zlib.crc32(image) if crc is None else crc))
+    node.sdo.download(SIZE_OBJECT, 0, struct.pack("<I", len(image)))
+    with node.sdo.open(IMAGE_OBJECT, 0, "wb", size=len(image), block_transfer=True) as sink:
+        sink.write(image)
+
+
+async def read_number(node: Any, index: int) -> int:
+    return int.from_bytes(await asyncio.to_thread(node.sdo.upload, index, 0), "little")
+
+
+async def booted_with(slave: CanOpenSlave, image: bytes) -> None:
+    async with asyncio.timeout(2):
+        await slave.wait_until(lambda booted: booted.running_image == image)
+
+
+@pytest.mark.parametrize(
+    ("reports", "version", "build"),
+    [("version", NEW_VERSION, "Nov 27 2026 12:00:00"), ("build", UNVERSIONED, "Nov 27 2026 12:00:00")],
+)
+async def test_after_an_update_the_slave_reports_the_new_image_in_its_style(
+    reports: str, version: str, build: str
+) -> None:
+    spec = replace(default_node(NODE), reports=reports)  # type: ignore[arg-type]
+    async with slave_on_bus(spec) as (slave, bus), raw_peer(bus) as peer, canopen_node(bus, NODE) as node:
+        await asyncio.to_thread(stream, node, IMAGE)
+        await booted_with(slave, IMAGE)
+        assert await peer.next(0x700 + NODE) == b"\x00"  # the boot-up message
+        reported = [
+            (await asyncio.to_thread(node.sdo.upload, index, 0)).decode() for index in (0x2500, 0x2508)
+        ]
+    assert reported == [version, build]
+
+
+async def test_a_slave_that_reports_nothing_has_no_version_objects_but_takes_an_image() -> None:
+    spec = replace(default_node(NODE), reports="none")
+    async with slave_on_bus(spec) as (slave, bus), canopen_node(bus, NODE) as node:
+        for index in (0x2500, 0x2508, 0x2509):
+            with pytest.raises(SdoAbortedError, match="0x06020000"):
+                await asyncio.to_thread(node.sdo.upload, index, 0)
+        await asyncio.to_thread(stream, node, IMAGE)
+        await booted_with(slave, IMAGE)
+
+
+async def test_an_image_larger_than_the_partition_is_refused_at_the_size_write() -> None:
+    async with slave_on_bus() as (_slave, bus), canopen_node(bus, NODE) as node:
+        with pytest.raises(SdoAbortedError):
+            await asyncio.to_thread(node.sdo.download, SIZE_OBJECT, 0, struct.pack("<I", 0x140001))
+        assert (await read_number(node, STATUS_OBJECT), await read_number(node, ERROR_OBJECT)) == (0xFF, 7)
+
+
+async def test_image_bytes_without_a_size_are_refused_with_error_6() -> None:
+    async with slave_on_bus() as (_slave, bus), canopen_node(bus, NODE) as node:
+        with pytest.raises(SdoAbortedError):
+            await asyncio.to_thread(node.sdo.open, IMAGE_OBJECT, 0, "wb", size=100, block_transfer=True)
+        assert await read_number(node, ERROR_OBJECT) == 6
+
+
+@pytest.mark.parametrize(
+    ("image", "faults", "error"),
+    [
+        (IMAGE, NodeFaults(corrupt_offset=5000), 4),  # the flash read-back finds a CRC mismatch
+        (b"\x00" + IMAGE[1:], NodeFaults(), 5),  # ESP-IDF refuses an image without the 0xE9 header
+    ],
+    ids=["crc mismatch", "not an app image"],
+)
+async def test_an_image_the_slave_refuses_at_the_end_is_aborted_and_it_keeps_running_its_old_one(
+    image: bytes, faults: NodeFaults, error: int
+) -> None:
+    spec = replace(default_node(NODE), faults=faults)
+    async with slave_on_bus(spec) as (slave, bus), canopen_node(bus, NODE) as node:
+        with pytest.raises(SdoAbortedError):
+            await asyncio.to_thread(stream, node, image)
+        assert (await read_number(node, STATUS_OBJECT), await read_number(node, ERROR_OBJECT)) == (
+            0xFF,
+            error,
+        )
+    assert (slave.running_image, slave.boots) == (None, 1)
+
+
+async def test_the_reboot_command_takes_the_node_off_the_bus_until_its_boot_up_message() -> None:
+    async with slave_on_bus() as (slave, bus), raw_peer(bus) as peer, canopen_node(bus, NODE) as node:
+        await asyncio.to_thread(node.sdo.download, 0x2507, 0, b"\x01")
+        assert await peer.next(0x700 + NODE) == b"\x00"
+        assert slave.boots == 2 and slave.reachable
+
+
+async def test_a_half_finished_ota_is_reset_by_the_idle_watchdog() -> None:
+    async with slave_on_bus() as (slave, bus), canopen_node(bus, NODE) as node:
+        await asyncio.to_thread(node.sdo.download, SIZE_OBJECT, 0, struct.pack("<I", 1000))
+        assert await read_number(node, STATUS_OBJECT) == 1
+        async with asyncio.timeout(FAST.ota_idle_reset + 1):
+            await slave.wait_until(lambda idle: idle.ota_status == 0)
+        assert await read_number(node, STATUS_OBJECT) == 0
+
+
+async def test_full_erase_first_makes_only_the_first_size_write_after_a_boot_outlast_a_short_timeout() -> (
+    None
+):
+    spec = replace(default_node(NODE), faults=NodeFaults(full_erase_first=True))
+    short = FAST.partition_erase_time / 4  # the master's old 250 ms against a whole-partition erase
+    async with (
+        slave_on_bus(spec) as (slave, bus),
+        raw_peer(bus) as peer,
+        canopen_node(bus, NODE, response_timeout=short) as node,
+    ):
+        with pytest.raises(SdoCommunicationError):
+            await asyncio.to_thread(node.sdo.download, SIZE_OBJECT, 0, struct.pack("<I", len(IMAGE)))
+        late = await peer.next(0x580 + NODE, seconds=FAST.partition_erase_time + 1)
+        assert late[:3] == bytes([0x60]) + struct.pack("<H", SIZE_OBJECT)  # answered once the erase was done
+        await asyncio.to_thread(stream, node, IMAGE)  # the same short timeout: this erase is quick
+        await booted_with(slave, IMAGE)

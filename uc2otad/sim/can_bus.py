@@ -1,0 +1,137 @@
+"""The virtual microscope's CAN bus: python-can's ``virtual`` interface, one channel per microscope.
+
+Every participant — the master and each slave — gets a :class:`CanPort`: its own python-can bus on the
+microscope's channel (a name unique to the instance, so microscopes in one process never hear each
+other), a receive filter for the identifiers it listens to, and a ``can.Notifier`` that reads it. As
+on a real bus, a frame sent by one participant reaches all others. With the CAN-rate model on
+(:class:`~uc2otad.sim.can_rate.CanRate`), sending takes the frame's time on the wire.
+
+Main constraint: python-can's virtual bus reads in a thread per participant. Its notifier either hands
+frames to the event loop (``loop=``; the slaves) or calls listeners in its own thread (the master's
+SDO client, which blocks in worker threads). Closing wakes that thread at once instead of waiting out
+its read timeout, so stopping a microscope takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import can
+from can.interfaces.virtual import VirtualBus
+
+from uc2otad.sim.can_rate import PACE_SLICE, BusClock, CanRate
+
+#: seconds a notifier thread blocks per read; closing wakes it, so this only bounds a missed wake-up
+NOTIFIER_TIMEOUT = 1.0
+#: seconds to wait for a notifier thread to end on close
+CLOSE_TIMEOUT = 2.0
+_channel_numbers = itertools.count(1)
+# what close() puts into a port's own queue to end its notifier's read at once
+_WAKE_UP = can.Message(arbitration_id=0, is_error_frame=True)
+
+
+class _PacedVirtualBus(VirtualBus):
+    """python-can's virtual bus whose sends take their time on the wire when the rate model is on."""
+
+    def __init__(
+        self, channel: str, clock: BusClock, *, wait_for_wire: bool, filters: Sequence[int] | None
+    ) -> None:
+        can_filters = (
+            None if filters is None else [{"can_id": can_id, "can_mask": 0x7FF} for can_id in filters]
+        )
+        super().__init__(channel=channel, can_filters=can_filters)
+        self._clock = clock
+        self._wait_for_wire = wait_for_wire
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        if self._clock.rate.paced:
+            ahead = self._clock.book(msg.arbitration_id, bytes(msg.data))
+            if self._wait_for_wire and ahead > PACE_SLICE:
+                time.sleep(ahead)  # only ever in a worker thread (wait_for_wire)
+        super().send(msg, timeout)
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        message, filtered = super()._recv_internal(timeout)
+        # the wake-up passes the filters: returning no message would only make recv() wait again
+        return message, filtered or message is _WAKE_UP
+
+    def wake_up(self) -> None:
+        """End a read that is waiting now; the notifier thread then sees that it was stopped.
+
+        Its listeners may still get the wake-up, an error frame: every listener ignores error frames.
+        """
+        self.queue.put_nowait(_WAKE_UP)
+
+
+class CanPort:
+    """One participant's connection to the bus; :meth:`close` when done (safe twice)."""
+
+    def __init__(
+        self,
+        bus: SimCanBus,
+        listeners: Iterable[Any],
+        *,
+        filters: Sequence[int] | None,
+        loop: asyncio.AbstractEventLoop | None,
+        wait_for_wire: bool,
+    ) -> None:
+        self._bus = _PacedVirtualBus(bus.channel, bus.clock, wait_for_wire=wait_for_wire, filters=filters)
+        self._notifier = can.Notifier(self._bus, list(listeners), timeout=NOTIFIER_TIMEOUT, loop=loop)
+        self._closed = False
+
+    @property
+    def can_bus(self) -> can.BusABC:
+        """The python-can bus, for libraries that send on it themselves (canopen's ``Network``)."""
+        return self._bus
+
+    def send(self, can_id: int, data: bytes) -> None:
+        """Put a frame on the bus. Never blocks on the event loop: loop senders only book wire time."""
+        if not self._closed:
+            self._bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=False))
+
+    async def close(self) -> None:
+        """Stop reading and leave the bus."""
+        if self._closed:
+            return
+        self._closed = True
+        self._notifier.stop(timeout=0)  # marks it stopped without waiting for its thread
+        self._bus.wake_up()
+        await asyncio.to_thread(self._notifier.stop, CLOSE_TIMEOUT)  # now its thread ends at once
+        self._bus.shutdown()
+
+
+class SimCanBus:
+    """The bus of one virtual microscope: its channel, its wire clock, and the ports on it."""
+
+    def __init__(self, rate: CanRate | None = None) -> None:
+        self.rate = rate or CanRate()
+        #: a name no other microscope in this process uses
+        self.channel = f"uc2otad-sim-{os.getpid()}-{next(_channel_numbers)}"
+        self.clock = BusClock(self.rate)
+
+    def __repr__(self) -> str:
+        paced = f"{self.rate.bitrate} bit/s" if self.rate.paced else "unpaced"
+        return f"SimCanBus({self.channel}, {paced})"
+
+    def open_port(
+        self,
+        listeners: Iterable[Any],
+        *,
+        filters: Sequence[int] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        wait_for_wire: bool = False,
+    ) -> CanPort:
+        """Join the bus.
+
+        :param listeners: python-can listeners or callables, called with every frame that passes
+            ``filters``: on ``loop`` when given, else in the port's reader thread
+        :param filters: the 11-bit identifiers to receive; None for all
+        :param wait_for_wire: sends sleep for the frame's wire time (rate model on); only for ports
+            that send from worker threads
+        """
+        return CanPort(self, listeners, filters=filters, loop=loop, wait_for_wire=wait_for_wire)

@@ -1,0 +1,70 @@
+"""Every delay of the virtual microscope's bus, master and slaves, in one table.
+
+One table because one config section sets them (``[timing]`` in the ``uc2otad-sim`` file) and because
+the delays interlock: the master's size-write timeout only means something next to the slave's erase
+time, its rx timeout next to the host's pace. Each default is the firmware's number where the spec
+gives one (with the source) and a stated estimate where it does not. Tests shrink them instead of
+sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MasterTiming:
+    """Every delay of the virtual bus, in seconds; tests shrink them."""
+
+    # ---- the master and its bus ---------------------------------------------------------------------
+    #: a slave answers an SDO request this long after it arrived: CANopenNode runs its SDO server in the
+    #: 1 ms CANopen task (the frames' own time on the wire comes from the CAN-rate model)
+    sdo_time: float = 0.001
+    #: the master gives up an SDO read after 100 ms (FW-main ``_read_SDO``): an unreachable node in a scan
+    sdo_timeout: float = 0.1
+    #: a legacy master collects scan answers for 500 ms (§2.4)
+    legacy_scan_wait: float = 0.5
+    #: a slave restarts ~200 ms after the SDO write to 0x2507 (§2.4)
+    restart_delay: float = 0.2
+    #: a restarted slave is back on the bus after its boot (ESP32-S3 ROM and app start; an estimate)
+    node_boot_time: float = 1.0
+    #: the master runs its app again this long after a reset (ROM, bootloader, setup; an estimate)
+    master_boot_time: float = 0.8
+
+    # ---- streaming through the master (OtaBinaryReceive, uc2-stack.md §2.2, §3.1) ----------------------
+    #: ``waitForNodeReachable(nodeId, 10000)`` before "ready"
+    reachable_timeout: float = 10.0
+    #: the master's default SDO timeout, 250 ms (§8 item 5): the CRC write
+    sdo_write_timeout: float = 0.25
+    #: the size write makes the slave erase before it answers; the master waits up to 20 s since the
+    #: 2026-09-30 fix (``SIZE_WRITE_TIMEOUT_MS``, §8 item 5; 250 ms before it)
+    size_write_timeout: float = 20.0
+    #: the master's pause after the size write, before the block download (500 ms in FW-main)
+    ota_settle: float = 0.5
+    #: SDO timeout of the block download (``CO_SDOclientDownloadInitiate(…, 15 s, blockEnable)``)
+    block_timeout: float = 15.0
+    #: the master abandons a stream when the host has been silent this long (``rx_timeout``)
+    ota_rx_timeout: float = 30.0
+
+    # ---- the slaves ---------------------------------------------------------------------------------
+    #: CANopenNode's SDO server aborts a transfer after 1 s without a frame (``SDOserverTimeoutTime_ms``)
+    sdo_server_timeout: float = 1.0
+    #: the size write with ``OTA_WITH_SEQUENTIAL_WRITES``: ``esp_ota_begin`` erases nothing up front
+    #: (an estimate for the partition lookup)
+    size_write_time: float = 0.01
+    #: erasing the whole 1.25 MB partition before answering the size write, as firmware before the
+    #: 2026-09-30 fix did (fault ``full_erase_first``): 20 blocks of 64 KB at ~150 ms each
+    partition_erase_time: float = 3.0
+    #: a slave reboots this long after it committed an image: the deferred restart that lets the SDO
+    #: end response go out (§2.2 step 5)
+    ota_reboot_delay: float = 2.0
+    #: a slave resets a half-finished OTA after 30 s without data (§3.1)
+    ota_idle_reset: float = 30.0
+
+    # ---- the WiFi method (legacy firmware, §2.3) -------------------------------------------------------
+    #: joining the virtual WiFi with the right credentials, DHCP included (an estimate)
+    wifi_join_time: float = 2.0
+    #: a slave tries WiFi for up to 30 s before it reports failure (FW-legacy ``handleOtaCommand``)
+    wifi_join_timeout: float = 30.0
+    #: FW-legacy raises a requested OTA window below 300000 ms to 300000 ms; the slave reboots at its end
+    wifi_ota_min_window: float = 300.0
