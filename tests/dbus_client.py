@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from uc2otad.api import names
+from uc2otad.ctl.client import unwrap
+
+__all__ = ["add_match", "call", "properties", "unwrap", "wait_for_property"]
 
 
 async def call(
@@ -26,17 +29,6 @@ async def call(
     )
     assert reply is not None
     return reply
-
-
-def unwrap(value: Any) -> Any:
-    """Variants (nested too) → plain values, for comparisons."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {key: unwrap(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [unwrap(item) for item in value]
-    return value
 
 
 async def add_match(client: MessageBus, rule: str) -> None:
