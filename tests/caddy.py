@@ -27,6 +27,12 @@ from processes import terminate
 START_TIMEOUT = 20.0
 #: seconds for an access-log line to appear after its response reached us
 LOG_TIMEOUT = 5.0
+#: tries with a fresh port when another process took ours first
+START_ATTEMPTS = 3
+
+
+class _PortTakenError(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,21 @@ class CaddyServer:
         return self.workdir / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
 
     def start(self) -> None:
+        """Start Caddy; a port that another process took between our probe and Caddy's bind gets a
+        fresh one (a few tries)."""
+        for _ in range(START_ATTEMPTS):
+            try:
+                self._start_once()
+                return
+            except _PortTakenError:
+                self._port = _free_port()
+        raise RuntimeError(f"caddy found no free port in {START_ATTEMPTS} tries")
+
+    def _start_once(self) -> None:
         caddy = shutil.which("caddy")
         if caddy is None:
             raise FileNotFoundError("caddy")
+        self._stderr_lines.clear()
         caddyfile = self.workdir / "Caddyfile"
         global_options = (
             "\tauto_https disable_redirects\n\tskip_install_trust\n" if self.tls else "\tauto_https off\n"
@@ -81,6 +99,7 @@ class CaddyServer:
             f"{{\n\tadmin off\n{global_options}}}\n"
             f"{self._origin} {{\n"
             + ("\ttls internal\n" if self.tls else "")
+            + "\tbind 127.0.0.1\n"  # loopback only, not every interface
             + f"\tlog {{\n\t\toutput file {self._log_path}\n\t\tformat json\n\t}}\n"
             f"\thandle_path /firmware/* {{\n\t\troot * {self.root}\n\t\tfile_server browse\n\t}}\n"
             "}\n"
@@ -100,6 +119,8 @@ class CaddyServer:
         threading.Thread(target=self._read_stderr, args=(ready,), daemon=True).start()
         if not ready.wait(START_TIMEOUT) or self._process.poll() is not None:
             self.stop()
+            if any("address already in use" in line for line in self._stderr_lines):
+                raise _PortTakenError
             raise RuntimeError("caddy did not start:\n" + "".join(self._stderr_lines[-20:]))
 
     def _read_stderr(self, ready: threading.Event) -> None:
