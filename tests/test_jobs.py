@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from uc2otad.engine.jobs import JobContext, JobManager
+from uc2otad.engine.jobs import JobManager
 from uc2otad.engine.status import Phase
 from uc2otad.engine.store import StatusStore
 from uc2otad.errors import (
@@ -24,6 +24,7 @@ from uc2otad.errors import (
     NoJobError,
     UploadTimeoutError,
 )
+from uc2otad.methods.base import Job
 
 
 class ScriptedMethod:
@@ -40,7 +41,7 @@ class ScriptedMethod:
         self.started = asyncio.Event()
         self.attempts = 0
 
-    async def run(self, job: JobContext) -> None:
+    async def run(self, job: Job) -> None:
         self.attempts += 1
         await job.status.advance(Phase.COMMAND_SENT)
         await job.status.advance(Phase.WIFI_CONNECTED, ip="127.0.0.111")

@@ -14,6 +14,9 @@ Uc2otadError
 │   ├── JobBusyError                       the board already has a running job
 │   ├── NoJobError (LookupError)           Cancel for a board without a running job
 │   └── AlreadyCommittedError              Cancel after the board took the new image
+├── BoardError                          a board did not end up running its new image
+│   ├── BoardNotBackError                  no answer within the reboot window           board_not_back
+│   └── VerificationError                  it answers, running another image            verification_failed
 ├── StoreError                          the status database cannot be used
 ├── CacheError                          the firmware cache folder cannot be used
 │   └── CacheBusyError                     an update is reading the cache
@@ -105,6 +108,22 @@ class NoJobError(JobError, LookupError):
 
 class AlreadyCommittedError(JobError):
     """Cancel after the board committed the new image: it will boot it, there is nothing to stop."""
+
+
+class BoardError(Uc2otadError):
+    """After a transfer, the board does not show that it runs the new image."""
+
+
+class BoardNotBackError(BoardError):
+    """The board did not answer a scan within the reboot window."""
+
+    error_code = "board_not_back"
+
+
+class VerificationError(BoardError):
+    """The board answers, but runs another image than the one sent."""
+
+    error_code = "verification_failed"
 
 
 class StoreError(Uc2otadError):

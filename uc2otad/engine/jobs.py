@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from uc2otad.engine.status import BoardStatus
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.errors import AlreadyCommittedError, InhibitedError, JobBusyError, NoJobError, Uc2otadError
+from uc2otad.methods.base import Job
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ class JobContext:
 
 
 class Method(Protocol):
-    """How an image reaches a board. Raises an error with ``error_code`` on failure."""
+    """How an image reaches a board (``uc2otad.methods``). Raises an error with ``error_code`` on failure."""
 
     name: str
 
-    async def run(self, job: JobContext) -> None: ...
+    async def run(self, job: Job) -> None: ...
 
 
 @dataclass

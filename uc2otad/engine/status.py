@@ -20,21 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
+from uc2otad.methods.base import Phase
 
-class Phase(StrEnum):
-    """``upload_status`` values, in the order a job passes them."""
-
-    COMMAND_SENT = "command_sent"
-    WIFI_CONNECTED = "wifi_connected"
-    DOWNLOADING = "downloading"
-    UPLOADING = "uploading"
-    FLASHING = "flashing"
-    VERIFYING = "verifying"
-    SUCCESS = "success"
-    FAILED = "failed"
+__all__ = ["BoardStatus", "Phase", "SequenceError"]
 
 
 SEQUENCES: Mapping[str, tuple[Phase, ...]] = {

@@ -1,0 +1,47 @@
+"""What a method sees of its job: the steps it reports and the point of no return.
+
+The engine owns jobs and the status dict; a method only reports where it is. These protocols are the
+methods' side of that contract, so that methods import nothing from the engine (data flows api →
+engine → methods → links, never back).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Phase(StrEnum):
+    """``upload_status`` values, in the order a job passes them (CONTRACT.md §2)."""
+
+    COMMAND_SENT = "command_sent"
+    WIFI_CONNECTED = "wifi_connected"
+    DOWNLOADING = "downloading"
+    UPLOADING = "uploading"
+    FLASHING = "flashing"
+    VERIFYING = "verifying"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class StatusSink(Protocol):
+    """Where a method reports its steps (the engine's BoardStatus)."""
+
+    async def advance(self, phase: Phase, **fields: Any) -> None: ...
+
+    async def progress(self, percent: float) -> None: ...
+
+    async def succeed(self, *, verification: str, firmware_version: str | None = None) -> None: ...
+
+
+class Job(Protocol):
+    """One update as a method sees it."""
+
+    @property
+    def can_id(self) -> int: ...
+
+    @property
+    def status(self) -> StatusSink: ...
+
+    def committed(self) -> None:
+        """The board has taken the new image: from now on the job cannot be cancelled."""
