@@ -132,7 +132,14 @@ BAD_CALLS: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("Inhibit", "s", ("",), names.INVALID_ARGUMENT),
     ("Inhibit", "s", ("x" * 300,), names.INVALID_ARGUMENT),
     ("Uninhibit", "s", ("no-such-cookie",), names.NOT_FOUND),
-    ("StartOTA", "ua{sv}", (11, {}), "org.freedesktop.DBus.Error.UnknownMethod"),
+    ("StartOTA", "ua{sv}", (11, {"bogus": Variant("s", "x")}), names.INVALID_ARGUMENT),
+    ("StartOTA", "ua{sv}", (11, {"force": Variant("s", "yes")}), names.INVALID_ARGUMENT),
+    ("StartOTA", "ua{sv}", (11, {"method": Variant("s", "usb")}), names.INVALID_ARGUMENT),
+    ("StartOTA", "ua{sv}", (11, {"timeout": Variant("u", 10)}), names.INVALID_ARGUMENT),
+    ("StartOTA", "ua{sv}", (1, {}), names.INVALID_ARGUMENT),
+    ("StartOTA", "ua{sv}", (11, {}), names.NOT_CONNECTED),
+    ("Cancel", "u", (11,), names.NOT_FOUND),
+    ("StartMultipleOTA", "aua{sv}", ([11], {}), "org.freedesktop.DBus.Error.UnknownMethod"),
 ]
 
 

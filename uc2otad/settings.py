@@ -16,6 +16,8 @@ Config file layout (every key optional)::
     [catalog.images]  "11" = ["lab_motor_x.bin"]
     [wifi]     ssid = "uc2-lab"
     [daemon]   state_dir = "/var/lib/uc2otad"   log_level = "info"
+    [update]   retries = 2   retry_delay = 5.0   verify_settle = 4.0   verify_window = 40.0
+               verify_interval = 2.0
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from uc2otad.engine.jobs import RETRIES, RETRY_DELAY
 from uc2otad.errors import ConfigError
 from uc2otad.firmware.cache import default_cache_dir
 from uc2otad.firmware.catalog import ImageTable
@@ -39,6 +42,7 @@ from uc2otad.firmware.server import (
     TRANSFER_TIMEOUT,
     normalize_server_url,
 )
+from uc2otad.methods.verify import INTERVAL, SETTLE, WINDOW
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,6 +84,11 @@ class Settings:
     wifi_ssid: str = ""
     daemon_state_dir: Path = field(default_factory=default_state_dir)
     daemon_log_level: str = "info"
+    update_retries: int = RETRIES
+    update_retry_delay: float = RETRY_DELAY
+    update_verify_settle: float = SETTLE
+    update_verify_window: float = WINDOW
+    update_verify_interval: float = INTERVAL
 
     def image_table(self) -> ImageTable:
         """The standard image table with ``[catalog.images]`` applied."""
@@ -115,6 +124,18 @@ def _positive_int(value: object, key: str) -> int:
 def _positive_float(value: object, key: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ConfigError(key, f"must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _count(value: object, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(key, f"must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _seconds(value: object, key: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(key, f"must be a number of seconds >= 0, not {value!r}")
     return float(value)
 
 
@@ -168,6 +189,11 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "wifi.ssid": ("wifi_ssid", _ssid),
     "daemon.state_dir": ("daemon_state_dir", _path),
     "daemon.log_level": ("daemon_log_level", _choice(*LOG_LEVELS)),
+    "update.retries": ("update_retries", _count),
+    "update.retry_delay": ("update_retry_delay", _seconds),
+    "update.verify_settle": ("update_verify_settle", _seconds),
+    "update.verify_window": ("update_verify_window", _positive_float),
+    "update.verify_interval": ("update_verify_interval", _positive_float),
 }
 
 

@@ -17,7 +17,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 from uc2otad.api import names
 from uc2otad.api.errors import translated
 from uc2otad.api.signatures import dbus_types
-from uc2otad.api.variants import to_variant_dict
+from uc2otad.api.variants import read_options, to_variant_dict
 from uc2otad.engine.core import Engine, PropertyChanged, StatusChanged, check_can_id
 from uc2otad.errors import InvalidArgumentError
 
@@ -30,6 +30,11 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("uc2otad_caller", d
 MAX_REASON_LENGTH = 256
 
 VariantDict = dict[str, Variant]
+#: StartOTA's options and their D-Bus types (CONTRACT.md §1)
+START_OPTIONS = {"ssid": "s", "password": "s", "timeout": "u", "method": "s", "firmware": "s", "force": "b"}
+#: the WiFi window a slave may be asked for, in ms (CONTRACT.md §1: 1000…3600000)
+MIN_TIMEOUT_MS = 1000
+MAX_TIMEOUT_MS = 3_600_000
 
 
 class OTA1Interface(ServiceInterface):
@@ -90,6 +95,25 @@ class OTA1Interface(ServiceInterface):
     @translated
     async def clear_firmware_cache(self) -> None:
         await self._engine.clear_firmware_cache()
+
+    # ---- updates ----------------------------------------------------------------------------------------
+
+    @method(name="StartOTA")
+    @dbus_types("u", "a{sv}", returns="a{sv}")
+    @translated
+    async def start_ota(self, can_id: int, options: VariantDict) -> VariantDict:
+        values = read_options(options, START_OPTIONS)
+        if values.get("method", "auto") not in ("auto", "wifi", "can"):
+            raise InvalidArgumentError(f"method must be auto, wifi or can, not {values['method']!r}")
+        if "timeout" in values and not MIN_TIMEOUT_MS <= values["timeout"] <= MAX_TIMEOUT_MS:
+            raise InvalidArgumentError(f"timeout must be {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS} ms")
+        return to_variant_dict(await self._engine.start_ota(can_id, values))
+
+    @method(name="Cancel")
+    @dbus_types("u")
+    @translated
+    async def cancel(self, can_id: int) -> None:
+        await self._engine.cancel(can_id)
 
     # ---- the bus ----------------------------------------------------------------------------------------
 

@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from uc2otad import __version__, secrets, settings
+from uc2otad.engine.jobs import JobManager
 from uc2otad.engine.master import MasterConnection, link_factory
 from uc2otad.engine.store import JobRecord, StatusStore
-from uc2otad.errors import FirmwareError, InvalidArgumentError, LinkClosedError, UnknownCookieError
+from uc2otad.errors import (
+    FirmwareError,
+    InhibitedError,
+    InvalidArgumentError,
+    JobBusyError,
+    LinkClosedError,
+    UnknownCookieError,
+)
 from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
+from uc2otad.methods.can import CanStreamMethod
+from uc2otad.methods.verify import VerifySettings
 from uc2otad.retry import RetryPolicy
 from uc2otad.settings import Settings
 
@@ -132,6 +142,19 @@ class Engine:
             if config.serial_port
             else None
         )
+        self.jobs = JobManager(
+            self.store,
+            self._publish_status,
+            inhibited=lambda: bool(self._inhibitors),
+            retries=config.update_retries,
+            retry_delay=config.update_retry_delay,
+        )
+        self.jobs.on_change(lambda: self._set_property("busy", self.jobs.busy))
+        self._verify = VerifySettings(
+            settle=config.update_verify_settle,
+            window=config.update_verify_window,
+            interval=config.update_verify_interval,
+        )
 
     async def start(self) -> list[JobRecord]:
         """Open the store (reconciling interrupted jobs) and the cache.
@@ -145,6 +168,7 @@ class Engine:
         return interrupted
 
     async def stop(self) -> None:
+        await self.jobs.stop()  # their rows stay "running": reconciled as interrupted at the next start
         if self.master is not None:
             await self.master.stop()
         await self.store.close()
@@ -248,6 +272,60 @@ class Engine:
             boards.append(board)
         return boards
 
+    # ---- updates ------------------------------------------------------------------------------------
+
+    async def start_ota(self, can_id: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Start updating slave ``can_id``; returns once the job is accepted (CONTRACT.md §1 StartOTA).
+
+        The image is resolved first, so a missing one fails here without touching the board.
+
+        :raises InvalidArgumentError: the master's id, or a method this daemon cannot use with its master
+        :raises InhibitedError, JobBusyError: an inhibit is held; the board already has a job
+        :raises FirmwareNotFoundError: no image for the board
+        :raises LinkError: no master, or it did not answer
+        """
+        check_can_id(can_id)
+        if can_id == MASTER_CAN_ID:
+            raise InvalidArgumentError("CAN id 1 is the master CAN HAT: it is flashed over USB (FlashMaster)")
+        if self.master is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
+        if self._inhibitors:
+            raise InhibitedError("updates are inhibited; see the Inhibited property")
+        if self.jobs.running(can_id):
+            raise JobBusyError(f"board {can_id} already has a running update")
+        catalog = await self.repository.catalog()
+        image = catalog.resolve(can_id, name=options.get("firmware"))
+        async with self.master.use(f"checking board {can_id}") as link:
+            method = _method_name(options.get("method", "auto"), link.identity)
+            node = (await link.scan()).node(can_id)
+        previous = node.fw_version if node is not None else None
+        if not options.get("force") and previous and image.version and previous == image.version:
+            return {"status": "success", "message": "already up to date", "can_id": can_id}
+        repository = self.repository
+        runner = CanStreamMethod(
+            self.master.use, lambda: repository.obtain(can_id, name=image.name), self._verify
+        )
+        job = self.jobs.start(can_id, runner, options, firmware=image.name, previous_version=previous)
+        _LOGGER.info(
+            "engine: board %d update started method=%s image=%s", can_id, method, image.name,
+            extra={"UC2_CAN_ID": can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "started"},
+        )  # fmt: skip
+        return {
+            "status": "success",
+            "message": f"OTA update initiated for device {can_id}",
+            "can_id": can_id,
+            "job_id": job.job_id,
+            "command_response": {},
+        }
+
+    async def cancel(self, can_id: int) -> None:
+        """:raises NoJobError, AlreadyCommittedError: see :meth:`JobManager.cancel`"""
+        await self.jobs.cancel(check_can_id(can_id))
+
+    async def _publish_status(self, can_id: int, status: dict[str, Any]) -> None:
+        await self.store.put_status(can_id, status)
+        self._emit(StatusChanged(can_id, status))
+
     # ---- WiFi credentials ---------------------------------------------------------------------------
 
     async def set_wifi_credentials(self, ssid: str, password: str) -> None:
@@ -297,6 +375,19 @@ class Engine:
     @property
     def inhibit_owners(self) -> set[str]:
         return {held.owner for held in self._inhibitors.values()}
+
+
+def _method_name(asked: str, identity: Any) -> str:
+    """The method for ``asked`` with this master: "auto" follows it (CANopen streams, legacy uses WiFi)."""
+    canopen = identity is not None and identity.is_canopen
+    method = ("can" if canopen else "wifi") if asked == "auto" else asked
+    if method != "can":
+        raise InvalidArgumentError(
+            "the WiFi method is not available yet in this uc2otad; use a CANopen master"
+        )
+    if not canopen:
+        raise InvalidArgumentError("this master runs legacy firmware: it cannot stream (method 'can')")
+    return method
 
 
 def _image_for(catalog: Catalog, can_id: int, reported: str | None) -> ResolvedImage | None:

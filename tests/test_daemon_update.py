@@ -1,0 +1,161 @@
+"""StartOTA end to end: daemon subprocess, private bus, virtual microscope, real Caddy.
+
+A client sees the contract's streaming sequence as OTAStatusChanged signals and a GetStatus with the
+document's fields; a daemon killed with SIGKILL mid-upload leaves, after its restart, that board
+``failed``/``interrupted`` with its history intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from caddy import CaddyServer
+from conftest import DaemonFactory
+from dbus_client import add_match, call, unwrap
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, TIMING
+
+from uc2otad.api import names
+from uc2otad.sim.config import SimConfig
+from uc2otad.sim.microscope import VirtualMicroscope
+from uc2otad.sim.nodes import NodeFaults, default_node
+
+#: verification shrunk to fractions of a second; one attempt, so a failure shows at once
+FAST_UPDATE = (
+    "[update]\nverify_settle = 0.05\nverify_window = 5.0\nverify_interval = 0.05\nretries = 0\n"
+    "[firmware]\nattempts = 1\n"
+)
+
+
+#: seconds an update may take to reach the status a test waits for
+SIGNAL_TIMEOUT = 30.0
+
+
+class StatusSignals:
+    """OTAStatusChanged of one board, as they arrive; ``until`` waits for a status that matches."""
+
+    def __init__(self, client: MessageBus, can_id: int) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        self._can_id = can_id
+        self._changed = asyncio.Event()
+        client.add_message_handler(self._on_message)
+
+    def _on_message(self, message: Message) -> None:
+        if message.member == "OTAStatusChanged" and message.body[0] == self._can_id:
+            self.statuses.append(unwrap(message.body[1]))
+            self._changed.set()
+
+    async def until(self, upload_status: str) -> dict[str, Any]:
+        async with asyncio.timeout(SIGNAL_TIMEOUT):
+            while True:
+                for status in self.statuses:
+                    if status["upload_status"] in (upload_status, "failed"):
+                        return status
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def microscope_for(tmp_path: Path, **faults: Any) -> VirtualMicroscope:
+    node = replace(default_node(NODE), faults=NodeFaults(**faults))
+    config = SimConfig(
+        nodes=(node,), timing=TIMING, serial_link=tmp_path / "ttyHAT", socket=False, ota_port=0
+    )
+    return VirtualMicroscope(config)
+
+
+@pytest.fixture
+async def served_image(caddy: CaddyServer) -> str:
+    await asyncio.to_thread(
+        (caddy.root / "esp32_UC2_canopen_slave_motor_release_motX.bin").write_bytes, IMAGE
+    )
+    return caddy.url
+
+
+@pytest.fixture
+async def signals(client: MessageBus) -> AsyncIterator[StatusSignals]:
+    watcher = StatusSignals(client, NODE)
+    await add_match(client, f"type='signal',sender='{names.BUS_NAME}',member='OTAStatusChanged'")
+    yield watcher
+
+
+async def test_start_ota_streams_with_the_contracts_sequence_and_records_it(
+    start_daemon: DaemonFactory, client: MessageBus, signals: StatusSignals, served_image: str, tmp_path: Path
+) -> None:
+    async with await microscope_for(tmp_path) as scope:
+        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image,
+                           config=FAST_UPDATE)  # fmt: skip
+        reply = await call(client, "StartOTA", "ua{sv}", NODE, {})
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        accepted = unwrap(reply.body[0])
+        assert (accepted["status"], accepted["message"]) == (
+            "success",
+            f"OTA update initiated for device {NODE}",
+        )
+        final = await signals.until("success")
+        assert scope.master.slave(NODE).running_image == IMAGE
+
+    assert final["upload_status"] == "success", final
+    steps = [(s["upload_status"], s["upload_progress"]) for s in signals.statuses]
+    assert steps == [
+        ("command_sent", 0), ("downloading", 0), *[("uploading", p) for p in range(0, 100, 10)],
+        ("flashing", 100), ("verifying", 100), ("success", 100),
+    ]  # fmt: skip
+    status = unwrap((await call(client, "GetStatus", "u", NODE)).body[0])
+    assert {"can_id", "status", "upload_status", "upload_progress", "message", "timestamp"} <= set(status)
+    assert (status["verification"], status["firmware_version"], status["job_id"]) == (
+        "version",
+        NEW_VERSION,
+        accepted["job_id"],
+    )
+    (job,) = unwrap((await call(client, "GetHistory", "u", NODE)).body[0])
+    assert (job["state"], job["method"], job["job_id"]) == ("success", "can", accepted["job_id"])
+
+
+async def test_a_missing_image_fails_fast_and_a_second_start_is_busy(
+    start_daemon: DaemonFactory, client: MessageBus, caddy: CaddyServer, served_image: str, tmp_path: Path
+) -> None:
+    async with await microscope_for(tmp_path, stall_at_percent=30.0) as scope:
+        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image,
+                           config=FAST_UPDATE)  # fmt: skip
+        missing = await call(client, "StartOTA", "ua{sv}", 20, {})
+        assert (missing.message_type, missing.error_name) == (MessageType.ERROR, names.NOT_FOUND)
+        assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN
+        again = await call(client, "StartOTA", "ua{sv}", NODE, {"force": Variant("b", True)})
+        assert (again.message_type, again.error_name) == (MessageType.ERROR, names.BUSY)
+        assert (await call(client, "Cancel", "u", NODE)).message_type is MessageType.METHOD_RETURN
+    status = unwrap((await call(client, "GetStatus", "u", NODE)).body[0])
+    assert (status["status"], status["error_code"]) == ("failed", "cancelled")
+
+
+async def test_sigkill_mid_upload_leaves_the_board_interrupted_after_restart(
+    start_daemon: DaemonFactory, client: MessageBus, signals: StatusSignals, served_image: str, tmp_path: Path
+) -> None:
+    async with await microscope_for(tmp_path, stall_at_percent=50.0) as scope:
+        flags = ("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image)
+        daemon = await start_daemon(*flags, config=FAST_UPDATE)
+        assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN
+        await signals.until("uploading")
+        await asyncio.to_thread(daemon.kill)
+
+        await asyncio.to_thread(daemon.start)
+        status = unwrap((await call(client, "GetStatus", "u", NODE)).body[0])
+        (job,) = unwrap((await call(client, "GetHistory", "u", NODE)).body[0])
+        assert scope.master.slave(NODE).running_image != IMAGE  # the board kept its old image
+    assert (status["status"], status["error_code"]) == ("failed", "interrupted")
+    assert (job["state"], job["error_code"]) == ("failed", "interrupted")
+
+    def integrity() -> Any:
+        database = sqlite3.connect(daemon.state_dir / "uc2otad.sqlite3")
+        try:
+            return database.execute("PRAGMA integrity_check").fetchone()
+        finally:
+            database.close()
+
+    assert await asyncio.to_thread(integrity) == ("ok",)
