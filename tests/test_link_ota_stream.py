@@ -79,8 +79,10 @@ async def linked(scope: VirtualMicroscope) -> AsyncIterator[SerialHatLink]:
 
 async def still_old(scope: VirtualMicroscope, link: SerialHatLink) -> None:
     """The master answers the next command, and the slave runs and reports its old image."""
-    async with asyncio.timeout(2):
-        await scope.master.slave(NODE).wait_until(lambda slave: slave.reachable and not slave.busy)
+    async with asyncio.timeout(2):  # once the slave has heard the end of the failed transfer
+        await scope.master.slave(NODE).wait_until(
+            lambda slave: slave.reachable and not slave.busy and not slave.transferring
+        )
     node = (await link.scan()).node(NODE)
     assert node is not None and (node.reachable, node.fw_version) == (True, OLD_VERSION)
     assert scope.master.slave(NODE).running_image is None

@@ -14,7 +14,7 @@ import contextlib
 import getpass
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,15 +106,16 @@ async def clear_cache(client: DaemonClient, args: argparse.Namespace) -> Any:
 
 
 async def inhibit(client: DaemonClient, args: argparse.Namespace) -> Any:
-    (cookie,) = await client.call("Inhibit", "s", args.reason)
-    if not args.json:
-        until = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
-        print(f"updates inhibited {until}: {args.reason}", flush=True)
-    try:
-        await _wait_for_interrupt(args.seconds)
-    finally:
-        with contextlib.suppress(CtlError):  # the daemon drops it anyway when we leave the bus
-            await client.call("Uninhibit", "s", cookie)
+    with _interrupts() as interrupted:  # before anything is printed: a Ctrl-C from then on ends it cleanly
+        (cookie,) = await client.call("Inhibit", "s", args.reason)
+        if not args.json:
+            until = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
+            print(f"updates inhibited {until}: {args.reason}", flush=True)
+        try:
+            await _until(interrupted, args.seconds)
+        finally:
+            with contextlib.suppress(CtlError):  # the daemon drops it anyway when we leave the bus
+                await client.call("Uninhibit", "s", cookie)
     return {"inhibited": args.reason, "released": True}
 
 
@@ -125,13 +126,14 @@ async def watch(client: DaemonClient, args: argparse.Namespace) -> Any:
         else:
             print(f"{datetime.now():%H:%M:%S} CAN {can_id}: {status_line(status)}", flush=True)
 
-    watcher = asyncio.ensure_future(client.watch(show))
-    try:
-        await _wait_for_interrupt(args.seconds)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+    with _interrupts() as interrupted:
+        watcher = asyncio.ensure_future(client.watch(show))
+        try:
+            await _until(interrupted, args.seconds)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     return None
 
 
@@ -160,18 +162,24 @@ def read_password(password_file: Path | None) -> str:
     return sys.stdin.readline().rstrip("\n")
 
 
-async def _wait_for_interrupt(seconds: float | None) -> None:
-    """Until SIGINT/SIGTERM, or ``seconds`` if given."""
-    stop = asyncio.Event()
+@contextlib.contextmanager
+def _interrupts() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs, instead of KeyboardInterrupt."""
+    interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, interrupted.set)
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+        yield interrupted
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _until(interrupted: asyncio.Event, seconds: float | None) -> None:
+    """Until ``interrupted`` is set, or ``seconds`` have passed if given."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(interrupted.wait(), seconds)
 
 
 def _percent(value: Any) -> str | None:

@@ -113,6 +113,11 @@ class CanOpenSlave:
         return self._online and not self._booting
 
     @property
+    def transferring(self) -> bool:
+        """An SDO transfer is open on it: frames of an abandoned one may still be on their way."""
+        return self._sdo.busy
+
+    @property
     def faults(self) -> NodeFaults:
         """How the node misbehaves; replace it at any time (it applies from the next frame)."""
         return self._faults
@@ -157,8 +162,8 @@ class CanOpenSlave:
         self._notify()
 
     async def wait_until(self, predicate: Callable[[CanOpenSlave], bool]) -> None:
-        """Return once ``predicate(slave)`` holds; checked after every boot, OTA status, busy and cable
-        change."""
+        """Return once ``predicate(slave)`` holds; checked after every boot, OTA status, busy, SDO transfer
+        and cable change."""
         while True:
             changed = self._changed
             if predicate(self):
@@ -219,6 +224,7 @@ class CanOpenSlave:
         if self._sdo.busy and now >= self._last_frame + self.timing.sdo_server_timeout:
             _LOGGER.info("%r: SDO transfer timed out", self)
             self._send(SDO_RESPONSE_BASE + self.can_id, self._sdo.on_timeout())
+            self._notify()
         if self._ota.status is OtaStatus.RECEIVING and now >= self._last_frame + self.timing.ota_idle_reset:
             _LOGGER.info("%r: OTA idle for %ss, reset", self, self.timing.ota_idle_reset)
             self._ota.reset()
@@ -228,7 +234,7 @@ class CanOpenSlave:
         if can_id == self.can_id:
             await self._on_isotp(data)
             return
-        status = self._ota.status
+        status, transferring = self._ota.status, self._sdo.busy
         response = self._sdo.on_request(data)
         busy = self._objects.take_busy_seconds()
         if busy:
@@ -244,7 +250,7 @@ class CanOpenSlave:
             self._boot_partition = self._ota.committed
             _LOGGER.info("%r: image committed, rebooting in %ss", self, self.timing.ota_reboot_delay)
             self._restart(self.timing.ota_reboot_delay)
-        if self._ota.status is not status:
+        if self._ota.status is not status or self._sdo.busy is not transferring:
             self._notify()
         block = self._sdo.block_download
         if block is not None:
