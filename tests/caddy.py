@@ -116,16 +116,17 @@ class CaddyServer:
             env=env,
         )
         ready = threading.Event()
-        threading.Thread(target=self._read_stderr, args=(ready,), daemon=True).start()
+        # the process is handed over: stop() forgets self._process while this thread may still read
+        threading.Thread(target=self._read_stderr, args=(self._process, ready), daemon=True).start()
         if not ready.wait(START_TIMEOUT) or self._process.poll() is not None:
             self.stop()
             if any("address already in use" in line for line in self._stderr_lines):
                 raise _PortTakenError
             raise RuntimeError("caddy did not start:\n" + "".join(self._stderr_lines[-20:]))
 
-    def _read_stderr(self, ready: threading.Event) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        for line in self._process.stderr:
+    def _read_stderr(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
             self._stderr_lines.append(line)
             # with tls, the certificate is issued just after the configuration is served
             if ("certificate obtained successfully" if self.tls else "serving initial configuration") in line:

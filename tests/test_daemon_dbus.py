@@ -139,7 +139,14 @@ BAD_CALLS: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("StartOTA", "ua{sv}", (1, {}), names.INVALID_ARGUMENT),
     ("StartOTA", "ua{sv}", (11, {}), names.NOT_CONNECTED),
     ("Cancel", "u", (11,), names.NOT_FOUND),
-    ("StartMultipleOTA", "aua{sv}", ([11], {}), "org.freedesktop.DBus.Error.UnknownMethod"),
+    ("StartMultipleOTA", "aua{sv}", ([], {}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11, 11], {}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11, 1], {}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11], {"parallel": Variant("u", 9)}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11], {"parallel": Variant("u", 0)}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11], {"delay_between": Variant("u", 601)}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11], {"delay_between": Variant("s", "2")}), names.INVALID_ARGUMENT),
+    ("StartMultipleOTA", "aua{sv}", ([11], {}), names.NOT_CONNECTED),
 ]
 
 

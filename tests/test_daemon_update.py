@@ -8,6 +8,7 @@ document's fields; a daemon killed with SIGKILL mid-upload leaves, after its res
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -17,10 +18,10 @@ from typing import Any
 import pytest
 from caddy import CaddyServer
 from conftest import DaemonFactory
-from dbus_client import add_match, call, unwrap
+from dbus_client import add_match, call, unwrap, wait_for_property
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, TIMING
+from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, OLD_VERSION, TIMING
 
 from uc2otad.api import names
 from uc2otad.sim.config import SimConfig
@@ -52,11 +53,13 @@ class StatusSignals:
             self.statuses.append(unwrap(message.body[1]))
             self._changed.set()
 
-    async def until(self, upload_status: str) -> dict[str, Any]:
+    async def until(self, upload_status: str, *, attempt: int = 1) -> dict[str, Any]:
+        """The first status of ``upload_status``, or the first failure, from ``attempt`` on (a failed
+        earlier attempt may be retried)."""
         async with asyncio.timeout(SIGNAL_TIMEOUT):
             while True:
                 for status in self.statuses:
-                    if status["upload_status"] in (upload_status, "failed"):
+                    if status["upload_status"] in (upload_status, "failed") and status["attempt"] >= attempt:
                         return status
                 self._changed.clear()
                 await self._changed.wait()
@@ -116,6 +119,8 @@ async def test_start_ota_streams_with_the_contracts_sequence_and_records_it(
     )
     (job,) = unwrap((await call(client, "GetHistory", "u", NODE)).body[0])
     assert (job["state"], job["method"], job["job_id"]) == ("success", "can", accepted["job_id"])
+    assert (job["firmware_version"], job["previous_version"], job["attempt"]) == (NEW_VERSION, OLD_VERSION, 1)
+    assert job["sha256"] == hashlib.sha256(IMAGE).hexdigest() and job["finished"] >= job["started"]
 
 
 async def test_a_missing_image_fails_fast_and_a_second_start_is_busy(
@@ -148,8 +153,21 @@ async def test_sigkill_mid_upload_leaves_the_board_interrupted_after_restart(
         status = unwrap((await call(client, "GetStatus", "u", NODE)).body[0])
         (job,) = unwrap((await call(client, "GetHistory", "u", NODE)).body[0])
         assert scope.master.slave(NODE).running_image != IMAGE  # the board kept its old image
+
+        scope.master.slave(NODE).faults = NodeFaults()
+        # the master may still wait out the killed daemon's stream before it answers the new one
+        await wait_for_property(client, "MasterConnected", True)
+        signals.statuses.clear()
+        assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN
+        final = await signals.until("success")
+        history = unwrap((await call(client, "GetHistory", "u", NODE)).body[0])
+        assert scope.master.slave(NODE).running_image == IMAGE
     assert (status["status"], status["error_code"]) == ("failed", "interrupted")
     assert (job["state"], job["error_code"]) == ("failed", "interrupted")
+    assert final["upload_status"] == "success"
+    assert [(row["state"], row.get("error_code")) for row in history] == [
+        ("success", None), ("failed", "interrupted"),
+    ]  # fmt: skip
 
     def integrity() -> Any:
         database = sqlite3.connect(daemon.state_dir / "uc2otad.sqlite3")
@@ -159,3 +177,49 @@ async def test_sigkill_mid_upload_leaves_the_board_interrupted_after_restart(
             database.close()
 
     assert await asyncio.to_thread(integrity) == ("ok",)
+
+
+async def test_no_update_starts_while_inhibited_and_one_does_after(
+    start_daemon: DaemonFactory, client: MessageBus, signals: StatusSignals, served_image: str, tmp_path: Path
+) -> None:
+    async with await microscope_for(tmp_path) as scope:
+        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image,
+                           config=FAST_UPDATE)  # fmt: skip
+        (cookie,) = (await call(client, "Inhibit", "s", "lab course until 16:00")).body
+        single = await call(client, "StartOTA", "ua{sv}", NODE, {})
+        batch = await call(client, "StartMultipleOTA", "aua{sv}", [NODE], {})
+        untouched = scope.master.slave(NODE).running_image
+        assert (await call(client, "Uninhibit", "s", cookie)).message_type is MessageType.METHOD_RETURN
+        assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN
+        final = await signals.until("success")
+        updated = scope.master.slave(NODE).running_image
+    for refused in (single, batch):
+        assert (refused.message_type, refused.error_name) == (MessageType.ERROR, names.INHIBITED)
+    assert untouched is None
+    assert (final["upload_status"], updated) == ("success", IMAGE)
+    assert signals.statuses[0]["upload_status"] == "command_sent"  # nothing before the uninhibit
+
+
+async def test_cancel_mid_stream_keeps_the_old_image_and_the_next_update_succeeds(
+    start_daemon: DaemonFactory, client: MessageBus, signals: StatusSignals, served_image: str, tmp_path: Path
+) -> None:
+    async with await microscope_for(tmp_path, stall_at_percent=40.0, stall_seconds=0.5) as scope:
+        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image,
+                           config=FAST_UPDATE)  # fmt: skip
+        assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN
+        await signals.until("uploading")
+        cancelled = await call(client, "Cancel", "u", NODE)
+        cancelled_status = await signals.until("success")
+        slave = scope.master.slave(NODE)
+        async with asyncio.timeout(SIGNAL_TIMEOUT):  # the slave drops the abandoned transfer first
+            await slave.wait_until(lambda idle: idle.reachable and not idle.busy and not idle.transferring)
+        (board,) = [b for b in unwrap((await call(client, "ScanDevices")).body[0]) if b["can_id"] == NODE]
+        slave.faults = NodeFaults()
+        signals.statuses.clear()
+        assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN
+        final = await signals.until("success")
+        updated = slave.running_image
+    assert cancelled.message_type is MessageType.METHOD_RETURN, cancelled.body
+    assert (cancelled_status["upload_status"], cancelled_status["error_code"]) == ("failed", "cancelled")
+    assert (board["reachable"], board["fw_version"]) == (True, OLD_VERSION)
+    assert (final["upload_status"], updated) == ("success", IMAGE)

@@ -41,6 +41,13 @@ Uc2otadError
 │   │   └── UploadAuthError                the board refused the password            upload_connection_failed
 │   ├── UploadTimeoutError (TimeoutError)  no progress within the chunk timeout       upload_timeout
 │   └── UploadVerificationError            the board reports an MD5 or flash error   verification_failed
+├── UsbFlashError                       flashing the master with esptool failed (``row``: the USB error row)
+│   ├── NoSerialPortError                  no port to flash (none given, none found)   no_serial_ports
+│   ├── PortAccessError (PermissionError)  the port exists, we may not open it         port_access_denied
+│   ├── EsptoolMissingError                esptool cannot be run                       esptool_not_available
+│   ├── FlashWriteError                    esptool failed on the board                 write_failed
+│   ├── ReconnectError                     the master did not come back with the image reconnect_failed
+│   └── ImageRefusedError                  the image breaks a USB rule (CONTRACT §4)   image_refused
 └── FirmwareError                       finding, fetching or checking an image failed
     ├── UnsafeFileNameError (ValueError)   a name that is not a plain file name       firmware_not_found
     ├── FirmwareNotFoundError              no image for a board, 404 and other 4xx   firmware_not_found
@@ -351,3 +358,56 @@ class WifiJoinError(Uc2otadError):
 class WifiJoinTimeoutError(WifiJoinError, TimeoutError):
     """No ``ota`` answer from the slave in time: it is off the bus, or runs CANopen firmware that ignores
     the command."""
+
+
+class UsbFlashError(Uc2otadError):
+    """Flashing the master over USB with esptool failed (procedure document, "USB Flash Procedure").
+
+    ``row`` is the document's USB error row, which the USB flash status carries as its ``message``; the
+    error's own text (the cause, with key=value facts) goes into ``details``.
+    """
+
+    #: the "Error" column of the document's USB error table
+    row: ClassVar[str] = "Write failed"
+
+
+class NoSerialPortError(UsbFlashError):
+    """No port was given and none was found by the HAT link, the ``match`` text or a known VID:PID."""
+
+    error_code = "no_serial_ports"
+    row = "No serial ports found"
+
+
+class PortAccessError(UsbFlashError, PermissionError):
+    """The port exists but this process may not open it (not in the ``dialout`` group)."""
+
+    error_code = "port_access_denied"
+    row = "Port access denied"
+
+
+class EsptoolMissingError(UsbFlashError):
+    """esptool cannot be run: the module is not installed, or the configured program is missing."""
+
+    error_code = "esptool_not_available"
+    row = "esptool not available"
+
+
+class FlashWriteError(UsbFlashError):
+    """esptool failed on the board: lost connection, MD5 mismatch, no answer, a timeout."""
+
+    error_code = "write_failed"
+    row = "Write failed"
+
+
+class ReconnectError(UsbFlashError):
+    """After the flash the master did not answer ``/state_get`` in time, or runs another image."""
+
+    error_code = "reconnect_failed"
+    row = "Reconnect failed"
+
+
+class ImageRefusedError(UsbFlashError):
+    """The image breaks a USB rule (CONTRACT.md §4): offset, erase, chip or size; nothing was written."""
+
+    error_code = "image_refused"
+    row = "Firmware refused"

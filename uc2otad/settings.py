@@ -14,10 +14,12 @@ Config file layout (every key optional)::
     [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
                connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
     [catalog.images]  "11" = ["lab_motor_x.bin"]
-    [wifi]     ssid = "uc2-lab"
+    [wifi]     ssid = "uc2-lab"   ota_port = 3232   join_timeout = 45.0   invite_timeout = 10.0
+               chunk_timeout = 20.0   host_ip = ""   host_port = 0
     [daemon]   state_dir = "/var/lib/uc2otad"   log_level = "info"
     [update]   retries = 2   retry_delay = 5.0   verify_settle = 4.0   verify_window = 40.0
                verify_interval = 2.0
+    [usb]      esptool = ""   esptool_timeout = 300.0   reboot_wait = 1.0   reconnect_window = 30.0
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from uc2otad.engine.defaults import REBOOT_WAIT, RECONNECT_WINDOW
 from uc2otad.engine.jobs import RETRIES, RETRY_DELAY
 from uc2otad.errors import ConfigError
 from uc2otad.firmware.cache import default_cache_dir
@@ -42,6 +45,8 @@ from uc2otad.firmware.server import (
     TRANSFER_TIMEOUT,
     normalize_server_url,
 )
+from uc2otad.links.ota_wifi import WIFI_EVENT_TIMEOUT
+from uc2otad.methods.defaults import ARDUINO_OTA_PORT, CHUNK_TIMEOUT, ESPTOOL_TIMEOUT, INVITE_TIMEOUT
 from uc2otad.methods.verify import INTERVAL, SETTLE, WINDOW
 
 _LOGGER = logging.getLogger(__name__)
@@ -82,6 +87,14 @@ class Settings:
     firmware_attempts: int = 3
     catalog_images: Mapping[str, Any] = field(default_factory=dict)
     wifi_ssid: str = ""
+    wifi_ota_port: int = ARDUINO_OTA_PORT
+    wifi_join_timeout: float = WIFI_EVENT_TIMEOUT
+    wifi_invite_timeout: float = INVITE_TIMEOUT
+    wifi_chunk_timeout: float = CHUNK_TIMEOUT
+    #: the address the upload listens on for the board's call-back ("" = every IPv4 address)
+    wifi_host_ip: str = ""
+    #: its TCP port (0 = a free one); fix it when a firewall must let the boards in
+    wifi_host_port: int = 0
     daemon_state_dir: Path = field(default_factory=default_state_dir)
     daemon_log_level: str = "info"
     update_retries: int = RETRIES
@@ -89,6 +102,11 @@ class Settings:
     update_verify_settle: float = SETTLE
     update_verify_window: float = WINDOW
     update_verify_interval: float = INTERVAL
+    #: an esptool program for flashing the master over USB; "" runs ``python -m esptool``
+    usb_esptool: str = ""
+    usb_esptool_timeout: float = ESPTOOL_TIMEOUT
+    usb_reboot_wait: float = REBOOT_WAIT
+    usb_reconnect_window: float = RECONNECT_WINDOW
 
     def image_table(self) -> ImageTable:
         """The standard image table with ``[catalog.images]`` applied."""
@@ -139,6 +157,19 @@ def _seconds(value: object, key: str) -> float:
     return float(value)
 
 
+def _port(value: object, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF:
+        raise ConfigError(key, f"must be a port number 0..65535, not {value!r}")
+    return value
+
+
+def _positive_port(value: object, key: str) -> int:
+    port = _port(value, key)
+    if port == 0:
+        raise ConfigError(key, "must be a port number 1..65535, not 0")
+    return port
+
+
 def _path(value: object, key: str) -> Path:
     path = Path(_text(value, key))
     if not path.is_absolute():
@@ -187,6 +218,12 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "firmware.attempts": ("firmware_attempts", _positive_int),
     "catalog.images": ("catalog_images", _images),
     "wifi.ssid": ("wifi_ssid", _ssid),
+    "wifi.ota_port": ("wifi_ota_port", _positive_port),
+    "wifi.join_timeout": ("wifi_join_timeout", _positive_float),
+    "wifi.invite_timeout": ("wifi_invite_timeout", _positive_float),
+    "wifi.chunk_timeout": ("wifi_chunk_timeout", _positive_float),
+    "wifi.host_ip": ("wifi_host_ip", _text),
+    "wifi.host_port": ("wifi_host_port", _port),
     "daemon.state_dir": ("daemon_state_dir", _path),
     "daemon.log_level": ("daemon_log_level", _choice(*LOG_LEVELS)),
     "update.retries": ("update_retries", _count),
@@ -194,6 +231,10 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "update.verify_settle": ("update_verify_settle", _seconds),
     "update.verify_window": ("update_verify_window", _positive_float),
     "update.verify_interval": ("update_verify_interval", _positive_float),
+    "usb.esptool": ("usb_esptool", _text),
+    "usb.esptool_timeout": ("usb_esptool_timeout", _positive_float),
+    "usb.reboot_wait": ("usb_reboot_wait", _seconds),
+    "usb.reconnect_window": ("usb_reconnect_window", _positive_float),
 }
 
 

@@ -1,14 +1,14 @@
 """The ``org.openuc2.OTA1`` interface: check arguments, call the engine, turn results into variants.
 
 Argument rules are the contract's (CONTRACT.md §1); every failure leaves as a named D-Bus error
-(:mod:`uc2otad.api.errors`). Methods that start updates or flash join this interface when they are
-built: no placeholders.
+(:mod:`uc2otad.api.errors`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+from typing import Any
 
 from dbus_fast import Variant
 from dbus_fast.constants import PropertyAccess
@@ -18,7 +18,8 @@ from uc2otad.api import names
 from uc2otad.api.errors import translated
 from uc2otad.api.signatures import dbus_types
 from uc2otad.api.variants import read_options, to_variant_dict
-from uc2otad.engine.core import Engine, PropertyChanged, StatusChanged, check_can_id
+from uc2otad.engine.batch import DELAY_BETWEEN, PARALLEL
+from uc2otad.engine.core import Engine, Event, StatusChanged, USBFlashChanged, check_can_id
 from uc2otad.errors import InvalidArgumentError
 
 _LOGGER = logging.getLogger(__name__)
@@ -32,9 +33,17 @@ MAX_REASON_LENGTH = 256
 VariantDict = dict[str, Variant]
 #: StartOTA's options and their D-Bus types (CONTRACT.md §1)
 START_OPTIONS = {"ssid": "s", "password": "s", "timeout": "u", "method": "s", "firmware": "s", "force": "b"}
+#: StartMultipleOTA's: StartOTA's and the batch's pace
+BATCH_OPTIONS = {**START_OPTIONS, "delay_between": "u", "parallel": "u"}
 #: the WiFi window a slave may be asked for, in ms (CONTRACT.md §1: 1000…3600000)
 MIN_TIMEOUT_MS = 1000
 MAX_TIMEOUT_MS = 3_600_000
+#: FlashMaster's options and their D-Bus types (CONTRACT.md §4); values are checked by the engine
+FLASH_OPTIONS = {"port": "s", "match": "s", "baud": "u", "flash_offset": "u", "erase_flash": "b",
+                 "reconnect_after": "b", "firmware": "s", "chip": "s"}  # fmt: skip
+#: seconds between the boards of a batch, and boards at once (CONTRACT.md §1)
+MAX_DELAY_BETWEEN = 600
+MAX_PARALLEL = 8
 
 
 class OTA1Interface(ServiceInterface):
@@ -48,9 +57,11 @@ class OTA1Interface(ServiceInterface):
     def close(self) -> None:
         self._unsubscribe()
 
-    def _forward(self, event: StatusChanged | PropertyChanged) -> None:
+    def _forward(self, event: Event) -> None:
         if isinstance(event, StatusChanged):
             self.ota_status_changed(event.can_id, to_variant_dict(event.status))
+        elif isinstance(event, USBFlashChanged):
+            self.usb_flash_status_changed(to_variant_dict(event.status))
         else:
             self.emit_properties_changed({event.name: event.value})
 
@@ -102,12 +113,24 @@ class OTA1Interface(ServiceInterface):
     @dbus_types("u", "a{sv}", returns="a{sv}")
     @translated
     async def start_ota(self, can_id: int, options: VariantDict) -> VariantDict:
-        values = read_options(options, START_OPTIONS)
-        if values.get("method", "auto") not in ("auto", "wifi", "can"):
-            raise InvalidArgumentError(f"method must be auto, wifi or can, not {values['method']!r}")
-        if "timeout" in values and not MIN_TIMEOUT_MS <= values["timeout"] <= MAX_TIMEOUT_MS:
-            raise InvalidArgumentError(f"timeout must be {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS} ms")
+        values = _update_options(options, START_OPTIONS)
         return to_variant_dict(await self._engine.start_ota(can_id, values))
+
+    @method(name="StartMultipleOTA")
+    @dbus_types("au", "a{sv}", returns="a{sv}")
+    @translated
+    async def start_multiple_ota(self, can_ids: list[int], options: VariantDict) -> VariantDict:
+        values = _update_options(options, BATCH_OPTIONS)
+        delay_between = values.pop("delay_between", DELAY_BETWEEN)
+        parallel = values.pop("parallel", PARALLEL)
+        if not 0 <= delay_between <= MAX_DELAY_BETWEEN:
+            raise InvalidArgumentError(f"delay_between must be 0..{MAX_DELAY_BETWEEN} s, not {delay_between}")
+        if not 1 <= parallel <= MAX_PARALLEL:
+            raise InvalidArgumentError(f"parallel must be 1..{MAX_PARALLEL}, not {parallel}")
+        started = await self._engine.start_multiple_ota(
+            list(can_ids), values, parallel=parallel, delay_between=delay_between
+        )
+        return to_variant_dict(started)
 
     @method(name="Cancel")
     @dbus_types("u")
@@ -148,12 +171,37 @@ class OTA1Interface(ServiceInterface):
     async def uninhibit(self, cookie: str) -> None:
         self._engine.uninhibit(cookie)
 
+    # ---- USB flashing of the master ---------------------------------------------------------------
+
+    @method(name="ListSerialPorts")
+    @dbus_types(returns="aa{sv}")
+    @translated
+    async def list_serial_ports(self) -> list[VariantDict]:
+        return [to_variant_dict(port) for port in await self._engine.list_serial_ports()]
+
+    @method(name="FlashMaster")
+    @dbus_types("a{sv}", returns="a{sv}")
+    @translated
+    async def flash_master(self, options: VariantDict) -> VariantDict:
+        return to_variant_dict(self._engine.flash_master(read_options(options, FLASH_OPTIONS)))
+
+    @method(name="GetUSBFlashStatus")
+    @dbus_types(returns="a{sv}")
+    @translated
+    async def get_usb_flash_status(self) -> VariantDict:
+        return to_variant_dict(self._engine.usb_flash_status())
+
     # ---- signals ------------------------------------------------------------------------------------
 
     @signal(name="OTAStatusChanged")
     @dbus_types("u", "a{sv}", returns="ua{sv}")
     def ota_status_changed(self, can_id: int, status: VariantDict) -> tuple[int, VariantDict]:
         return can_id, status
+
+    @signal(name="USBFlashStatusChanged")
+    @dbus_types("a{sv}", returns="a{sv}")
+    def usb_flash_status_changed(self, status: VariantDict) -> VariantDict:
+        return status
 
     # ---- properties ---------------------------------------------------------------------------------
 
@@ -196,3 +244,13 @@ class OTA1Interface(ServiceInterface):
     @dbus_types(returns="s")
     def last_error(self) -> str:
         return self._engine.properties.last_error
+
+
+def _update_options(options: VariantDict, allowed: dict[str, str]) -> dict[str, Any]:
+    """StartOTA's and StartMultipleOTA's options, typed and within the contract's ranges."""
+    values = read_options(options, allowed)
+    if values.get("method", "auto") not in ("auto", "wifi", "can"):
+        raise InvalidArgumentError(f"method must be auto, wifi or can, not {values['method']!r}")
+    if "timeout" in values and not MIN_TIMEOUT_MS <= values["timeout"] <= MAX_TIMEOUT_MS:
+        raise InvalidArgumentError(f"timeout must be {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS} ms")
+    return values

@@ -35,6 +35,13 @@ _EXIT_BY_ERROR = {
 }
 
 
+#: match rules: uc2otad's status signals; uc2otad leaving the bus (or coming back)
+STATUS_SIGNALS = f"type='signal',sender='{names.BUS_NAME}',member='OTAStatusChanged'"
+DAEMON_OWNER_CHANGES = (
+    f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{names.BUS_NAME}'"
+)
+
+
 class CtlError(Exception):
     """A failed call, with the D-Bus error name and the exit code it maps to."""
 
@@ -114,6 +121,15 @@ class DaemonClient:
         )
         return dict(values)
 
+    async def add_match(self, rule: str) -> None:
+        """Have the bus route the signals that match ``rule`` to us (the bus takes AddMatch, not uc2otad).
+
+        :raises CtlError: the bus refused the rule
+        """
+        bus = "org.freedesktop.DBus"
+        await self._call(Message(destination=bus, path="/org/freedesktop/DBus", interface=bus,
+                                 member="AddMatch", signature="s", body=[rule]))  # fmt: skip
+
     async def watch(self, on_status: Callable[[int, dict[str, Any]], None]) -> None:
         """Call ``on_status(can_id, status)`` for every OTAStatusChanged until cancelled."""
 
@@ -122,12 +138,8 @@ class DaemonClient:
                 on_status(int(message.body[0]), unwrap(message.body[1]))
 
         self.bus.add_message_handler(handler)
-        rule = f"type='signal',sender='{names.BUS_NAME}',member='OTAStatusChanged'"
-        bus = "org.freedesktop.DBus"
-        add_match = Message(destination=bus, path="/org/freedesktop/DBus", interface=bus, member="AddMatch",
-                            signature="s", body=[rule])  # fmt: skip
-        await self._call(add_match)
         try:
+            await self.add_match(STATUS_SIGNALS)
             await asyncio.Event().wait()
         finally:
             self.bus.remove_message_handler(handler)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,14 @@ from typing import Any
 from dbus_fast import BusType
 
 from uc2otad.cli import UsageErrorParser
+from uc2otad.ctl import update as update_commands
+from uc2otad.ctl import usb as usb_commands
 from uc2otad.ctl.client import EXIT_OK, EXIT_USAGE, CtlError, DaemonClient
-from uc2otad.ctl.output import print_json, table
+from uc2otad.ctl.interrupts import interrupts as _interrupts
+from uc2otad.ctl.interrupts import until as _until
+from uc2otad.ctl.output import Outcome, print_json, table
+from uc2otad.ctl.password import read_password
+from uc2otad.ctl.progress import status_line
 
 Command = Callable[[DaemonClient, argparse.Namespace], Awaitable[Any]]
 
@@ -140,48 +144,6 @@ async def watch(client: DaemonClient, args: argparse.Namespace) -> Any:
 # ---- helpers -----------------------------------------------------------------------------------------
 
 
-def status_line(status: dict[str, Any]) -> str:
-    """``uploading 40%``, ``failed (upload_timeout): …``: one board's state in a few words."""
-    phase = status.get("upload_status") or status.get("status", "?")
-    progress = status.get("upload_progress")
-    text = f"{phase} {progress}%" if phase in ("uploading", "flashing") and progress is not None else phase
-    if status.get("error_code"):
-        text += f" ({status['error_code']})"
-    if status.get("message") and phase in ("failed", "success"):
-        text += f": {status['message']}"
-    return text
-
-
-def read_password(password_file: Path | None) -> str:
-    """From ``--password-file``, else a prompt on a terminal, else one line of standard input."""
-    if password_file is not None:
-        text = password_file.read_text(encoding="utf-8")
-        return text[:-1] if text.endswith("\n") else text
-    if sys.stdin.isatty():
-        return getpass.getpass("WiFi password (empty for an open network): ")
-    return sys.stdin.readline().rstrip("\n")
-
-
-@contextlib.contextmanager
-def _interrupts() -> Iterator[asyncio.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs, instead of KeyboardInterrupt."""
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupted.set)
-    try:
-        yield interrupted
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-
-
-async def _until(interrupted: asyncio.Event, seconds: float | None) -> None:
-    """Until ``interrupted`` is set, or ``seconds`` have passed if given."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(interrupted.wait(), seconds)
-
-
 def _percent(value: Any) -> str | None:
     return None if value is None else f"{value}%"
 
@@ -231,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("watch", watch, "print status changes as they happen").add_argument(
         "--for", dest="seconds", type=float, help="stop after this many seconds"
     )
+    update_commands.add_arguments(
+        add("update", update_commands.update, "update boards' firmware, showing progress; Ctrl-C cancels"),
+        add("cancel", update_commands.cancel, "stop a board's update before it commits the new image"),
+    )
+    add("ports", usb_commands.ports, "serial ports, for flashing the master CAN HAT over USB")
+    usb_commands.add_arguments(
+        add("flash-master", usb_commands.flash_master, "flash the master CAN HAT over USB, showing progress")
+    )
     return parser
 
 
@@ -241,9 +211,12 @@ async def run(args: argparse.Namespace) -> int:
         result = await handler(client, args)
     finally:
         client.close()
+    exit_code = EXIT_OK
+    if isinstance(result, Outcome):
+        result, exit_code = result.document, result.exit_code
     if args.json and result is not None:
         print_json(result)
-    return EXIT_OK
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A command's ``--json`` document with an exit code other than 0 (an update that failed, nothing
+    to do); a command that returns a plain document exits 0."""
+
+    document: Any
+    exit_code: int
 
 
 def print_json(document: Any, stream: TextIO = sys.stdout) -> None:

@@ -39,6 +39,23 @@ ERROR: dict[str, Any] = {
     },
 }
 
+#: how one board's update ended (``uc2otactl update``): ``running`` and ``pending`` only after Ctrl-C
+#: (a board past the point of no return, or not reached); ``started`` with ``--no-wait``
+UPDATE_RESULTS = ["success", "up_to_date", "failed", "cancelled", "started", "running", "pending"]
+
+BOARD_UPDATE: dict[str, Any] = {
+    "type": "object",
+    "required": ["can_id", "result"],
+    "additionalProperties": False,
+    "properties": {
+        "can_id": {"type": "integer", "minimum": 1, "maximum": 127},
+        "result": {"enum": UPDATE_RESULTS},
+        "job_id": {"type": "string"},
+        "status": STATUS,
+        "message": {"type": "string"},
+    },
+}
+
 COMMANDS: dict[str, dict[str, Any]] = {
     "status": {"type": "object", "patternProperties": {"^[0-9]+$": STATUS}, "additionalProperties": False},
     "scan": {
@@ -87,4 +104,50 @@ COMMANDS: dict[str, dict[str, Any]] = {
     },
     "clear-cache": {"type": "object", "required": ["cleared"]},
     "inhibit": {"type": "object", "required": ["inhibited", "released"]},
+    "update": {
+        "type": "object",
+        "required": ["result", "exit_code", "boards"],
+        "additionalProperties": False,
+        "properties": {
+            "result": {"enum": ["success", "up_to_date", "failed", "cancelled", "started"]},
+            "exit_code": {"type": "integer"},
+            "batch_id": {"type": "string"},
+            "boards": {
+                "type": "object",
+                "patternProperties": {"^[0-9]+$": BOARD_UPDATE},
+                "additionalProperties": False,
+            },
+        },
+    },
+    "cancel": {
+        "type": "object",
+        "required": ["can_id", "cancelled", "status"],
+        "additionalProperties": False,
+        "properties": {"can_id": {"type": "integer"}, "cancelled": {"const": True}, "status": STATUS},
+    },
+    "ports": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["device"],
+            "properties": {
+                "device": {"type": "string"},
+                "description": {"type": "string"},
+                "vid": {"type": "integer"},
+                "pid": {"type": "integer"},
+            },
+        },
+    },
+    # the final USB flash status (GetUSBFlashStatus): the document's fields
+    "flash-master": {
+        "type": "object",
+        "required": ["status", "progress", "message", "timestamp"],
+        "properties": {
+            "status": {"enum": ["success", "failed"]},
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "message": {"type": "string"},
+            "details": {"type": "string"},
+            "error_code": {"type": "string"},
+        },
+    },
 }

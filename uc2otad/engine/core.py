@@ -3,7 +3,9 @@
 It owns the status store, the firmware repository, the WiFi credentials and the inhibitors, and reports
 every change through one observer list: a board's status (``StatusChanged``) or a daemon property
 (``PropertyChanged``). The D-Bus adapter only translates these into signals; nothing here knows D-Bus.
-Update jobs (StartOTA and friends) join with the update engine proper.
+Updates: StartOTA and StartMultipleOTA resolve everything a job needs (image, method, credentials,
+whether the board is already current) before anything touches a board, then hand each board to the
+job manager (:mod:`.jobs`), which owns retries, cancel and history.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets as token
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uc2otad import __version__, secrets, settings
-from uc2otad.engine.jobs import JobManager
+from uc2otad.engine.batch import BatchGate, OverallProgress
+from uc2otad.engine.jobs import JobContext, JobManager, Method
 from uc2otad.engine.master import MasterConnection, link_factory
 from uc2otad.engine.store import JobRecord, StatusStore
+from uc2otad.engine.usb_status import UsbFlashStatus
 from uc2otad.errors import (
+    ConfigError,
     FirmwareError,
     InhibitedError,
     InvalidArgumentError,
@@ -30,12 +35,18 @@ from uc2otad.errors import (
 )
 from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
-from uc2otad.firmware.repository import FirmwareRepository
+from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
-from uc2otad.methods.can import CanStreamMethod
+from uc2otad.links.commands import ScanResult
+from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS, WifiOtaSettings
+from uc2otad.links.serial_hat import HatSettings
 from uc2otad.methods.verify import VerifySettings
 from uc2otad.retry import RetryPolicy
 from uc2otad.settings import Settings
+
+if TYPE_CHECKING:
+    from uc2otad.engine.usb_flash import UsbFlasher
+    from uc2otad.methods.wifi import WifiCredentials, WifiMethodSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -56,7 +67,14 @@ class PropertyChanged:
     value: Any
 
 
-Event = StatusChanged | PropertyChanged
+@dataclass(frozen=True)
+class USBFlashChanged:
+    """The USB flash status of the master changed (CONTRACT.md §1 USBFlashStatusChanged)."""
+
+    status: Mapping[str, Any]
+
+
+Event = StatusChanged | PropertyChanged | USBFlashChanged
 Observer = Callable[[Event], None]
 
 
@@ -133,9 +151,10 @@ class Engine:
         self._observers: list[Observer] = []
         self._inhibitors: dict[str, _Inhibitor] = {}
         self._settings_lock = asyncio.Lock()
+        hat = HatSettings(wifi_ota=WifiOtaSettings(event_timeout=config.wifi_join_timeout))
         self.master = (
             MasterConnection(
-                link_factory(config.serial_port, config.serial_baud),
+                link_factory(config.serial_port, config.serial_baud, hat),
                 config.serial_ownership,
                 lambda connected: self._set_property("master_connected", connected),
             )
@@ -149,7 +168,11 @@ class Engine:
             retries=config.update_retries,
             retry_delay=config.update_retry_delay,
         )
-        self.jobs.on_change(lambda: self._set_property("busy", self.jobs.busy))
+        self.jobs.on_change(self._jobs_changed)
+        # the flasher and its esptool code load on the first FlashMaster (idle memory, docs/benchmarks.md)
+        self._usb_flasher: UsbFlasher | None = None
+        self._usb_status = UsbFlashStatus(lambda status: self._emit(USBFlashChanged(status)))
+        self._progress = OverallProgress()
         self._verify = VerifySettings(
             settle=config.update_verify_settle,
             window=config.update_verify_window,
@@ -168,6 +191,8 @@ class Engine:
         return interrupted
 
     async def stop(self) -> None:
+        if self._usb_flasher is not None:
+            await self._usb_flasher.stop()  # a flash in progress is cancelled: esptool must not outlive us
         await self.jobs.stop()  # their rows stay "running": reconciled as interrupted at the next start
         if self.master is not None:
             await self.master.stop()
@@ -277,54 +302,180 @@ class Engine:
     async def start_ota(self, can_id: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Start updating slave ``can_id``; returns once the job is accepted (CONTRACT.md §1 StartOTA).
 
-        The image is resolved first, so a missing one fails here without touching the board.
+        Everything is checked before the board is touched: the image exists, the method suits the
+        master, WiFi credentials are there. For the WiFi method it returns once the master acknowledged
+        the CAN command, with the master's reply as ``command_response``.
 
-        :raises InvalidArgumentError: the master's id, or a method this daemon cannot use with its master
+        :raises InvalidArgumentError: the master's id, a method the master cannot use, no WiFi credentials
         :raises InhibitedError, JobBusyError: an inhibit is held; the board already has a job
         :raises FirmwareNotFoundError: no image for the board
         :raises LinkError: no master, or it did not answer
+        :raises Uc2otadError: the job failed before the master acknowledged its command
         """
-        check_can_id(can_id)
-        if can_id == MASTER_CAN_ID:
-            raise InvalidArgumentError("CAN id 1 is the master CAN HAT: it is flashed over USB (FlashMaster)")
-        if self.master is None:
-            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
-        if self._inhibitors:
-            raise InhibitedError("updates are inhibited; see the Inhibited property")
-        if self.jobs.running(can_id):
-            raise JobBusyError(f"board {can_id} already has a running update")
-        catalog = await self.repository.catalog()
-        image = catalog.resolve(can_id, name=options.get("firmware"))
-        async with self.master.use(f"checking board {can_id}") as link:
-            method = _method_name(options.get("method", "auto"), link.identity)
-            node = (await link.scan()).node(can_id)
-        previous = node.fw_version if node is not None else None
-        if not options.get("force") and previous and image.version and previous == image.version:
+        plan = await self._plan([can_id], options)
+        if not plan.due:
             return {"status": "success", "message": "already up to date", "can_id": can_id}
-        repository = self.repository
-        runner = CanStreamMethod(
-            self.master.use, lambda: repository.obtain(can_id, name=image.name), self._verify
-        )
-        job = self.jobs.start(can_id, runner, options, firmware=image.name, previous_version=previous)
-        _LOGGER.info(
-            "engine: board %d update started method=%s image=%s", can_id, method, image.name,
-            extra={"UC2_CAN_ID": can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "started"},
-        )  # fmt: skip
+        job = self._start_job(plan, can_id)
+        response = await job.acceptance() if plan.method == "wifi" else {}
         return {
             "status": "success",
             "message": f"OTA update initiated for device {can_id}",
             "can_id": can_id,
             "job_id": job.job_id,
-            "command_response": {},
+            "command_response": dict(response),
         }
+
+    async def start_multiple_ota(
+        self, can_ids: list[int], options: Mapping[str, Any], *, parallel: int, delay_between: float
+    ) -> dict[str, Any]:
+        """Update several slaves as one batch (CONTRACT.md §1 StartMultipleOTA); returns at once.
+
+        Every board is checked before any starts; boards already current are left out (not with
+        ``force``). Up to ``parallel`` WiFi boards run at once; streaming boards always one by one.
+
+        :raises InvalidArgumentError: no ids, a repeated id, the master's id, …as :meth:`start_ota`
+        """
+        if not can_ids:
+            raise InvalidArgumentError("no CAN ids given")
+        if len(set(can_ids)) != len(can_ids):
+            raise InvalidArgumentError("a CAN id is given twice")
+        plan = await self._plan(can_ids, options)
+        batch_id = token.token_hex(8)
+        gate = BatchGate(parallel if plan.method == "wifi" else 1, delay_between)
+        job_ids = {
+            str(can_id): self._start_job(plan, can_id, gate=gate, batch_id=batch_id).job_id
+            for can_id in plan.due
+        }
+        current = len(can_ids) - len(job_ids)
+        message = f"OTA update initiated for {len(job_ids)} devices" + (
+            f"; {current} already up to date" if current else ""
+        )
+        return {"status": "success", "message": message, "batch_id": batch_id, "job_ids": job_ids}
+
+    async def _plan(self, can_ids: list[int], options: Mapping[str, Any]) -> _Plan:
+        """What updating ``can_ids`` takes, checked before any board is touched."""
+        for can_id in can_ids:
+            check_can_id(can_id)
+            if can_id == MASTER_CAN_ID:
+                raise InvalidArgumentError(
+                    "CAN id 1 is the master CAN HAT: it is flashed over USB (FlashMaster)"
+                )
+        if self.master is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
+        self._check_can_start(can_ids)
+        catalog = await self.repository.catalog()
+        images = {can_id: catalog.resolve(can_id, name=options.get("firmware")) for can_id in can_ids}
+        async with self.master.use("checking boards before an update") as link:
+            method = _method_name(options.get("method", "auto"), link.identity)
+            scan = await link.scan()
+        credentials = await self._wifi_credentials(options) if method == "wifi" else None
+        self._check_can_start(can_ids)  # again: the scan took a while
+        due = [can_id for can_id in can_ids if options.get("force") or not _is_current(scan, images[can_id])]
+        return _Plan(method, images, scan, credentials, due, int(options.get("timeout", DEFAULT_WINDOW_MS)))
+
+    def _check_can_start(self, can_ids: list[int]) -> None:
+        if self._inhibitors:
+            raise InhibitedError("updates are inhibited; see the Inhibited property")
+        if self.usb_flashing:
+            raise JobBusyError("the master CAN HAT is being flashed over USB; update the boards after it")
+        for can_id in can_ids:
+            if self.jobs.running(can_id):
+                raise JobBusyError(f"board {can_id} already has a running update")
+
+    def _start_job(
+        self, plan: _Plan, can_id: int, *, gate: BatchGate | None = None, **fields: Any
+    ) -> JobContext:
+        image = plan.images[can_id]
+        node = plan.scan.node(can_id)
+        previous = node.fw_version if node is not None else None
+        job = self.jobs.start(
+            can_id,
+            self._method(plan, can_id),
+            {},
+            gate=gate.turn() if gate is not None else None,
+            firmware=image.name,
+            previous_version=previous,
+            **fields,
+        )
+        self._progress.add(job.job_id)
+        _LOGGER.info(
+            "engine: board %d update started method=%s image=%s", can_id, plan.method, image.name,
+            extra={"UC2_CAN_ID": can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "started"},
+        )  # fmt: skip
+        return job
+
+    def _method(self, plan: _Plan, can_id: int) -> Method:
+        assert self.master is not None  # checked by _plan
+        repository, name = self.repository, plan.images[can_id].name
+
+        def obtain() -> Awaitable[VerifiedImage]:
+            return repository.obtain(can_id, name=name)
+
+        # the methods load when the first job starts (idle memory, docs/benchmarks.md)
+        if plan.method == "can":
+            from uc2otad.methods.can import CanStreamMethod  # noqa: PLC0415 - on first use, see above
+
+            return CanStreamMethod(self.master.use, obtain, self._verify)
+        from uc2otad.methods.wifi import WifiMethod  # noqa: PLC0415 - on first use, see above
+
+        assert plan.credentials is not None  # _plan asks for them with the WiFi method
+        return WifiMethod(self.master.use, obtain, plan.credentials, self._wifi_settings(plan.window_ms))
+
+    def _wifi_settings(self, window_ms: int) -> WifiMethodSettings:
+        from uc2otad.methods.arduino_ota import UploadSettings  # noqa: PLC0415 - as the method, on first use
+        from uc2otad.methods.wifi import WifiMethodSettings  # noqa: PLC0415
+
+        upload = UploadSettings(
+            invite_timeout=self.config.wifi_invite_timeout,
+            chunk_timeout=self.config.wifi_chunk_timeout,
+            host_ip=self.config.wifi_host_ip,
+            host_port=self.config.wifi_host_port,
+        )
+        return WifiMethodSettings(
+            ota_port=self.config.wifi_ota_port, upload=upload, verify=self._verify, window_ms=window_ms
+        )
+
+    async def _wifi_credentials(self, options: Mapping[str, Any]) -> WifiCredentials:
+        """From the call, else the stored ones (SetWiFiCredentials).
+
+        :raises InvalidArgumentError: none anywhere, or ones the firmware cannot carry
+        """
+        from uc2otad.methods.wifi import WifiCredentials  # noqa: PLC0415 - as the method, on first use
+
+        ssid = options.get("ssid") or self.properties.wifi_ssid
+        if not ssid:
+            raise InvalidArgumentError(
+                "no WiFi credentials: pass ssid and password, or store them with SetWiFiCredentials"
+            )
+        if "password" in options:
+            password = options["password"]
+        else:  # the stored password belongs to the stored SSID only
+            password = await self.wifi_password() if ssid == self.properties.wifi_ssid else ""
+        try:
+            settings.check_ssid(ssid, key="ssid")
+            secrets.check_password(password)
+        except ConfigError as err:
+            raise InvalidArgumentError(str(err)) from err
+        return WifiCredentials(ssid, password)
 
     async def cancel(self, can_id: int) -> None:
         """:raises NoJobError, AlreadyCommittedError: see :meth:`JobManager.cancel`"""
+        if check_can_id(can_id) == MASTER_CAN_ID and self.usb_flashing:
+            await self.cancel_usb_flash()
+            return
         await self.jobs.cancel(check_can_id(can_id))
 
     async def _publish_status(self, can_id: int, status: dict[str, Any]) -> None:
         await self.store.put_status(can_id, status)
         self._emit(StatusChanged(can_id, status))
+        if self._progress.update(status):
+            self._set_property("progress", self._progress.percent)
+
+    def _jobs_changed(self) -> None:
+        self._set_property("busy", self.jobs.busy)
+        if not self.jobs.busy:  # idle again: the next batch counts from zero
+            self._progress.clear()
+            self._set_property("progress", 0)
 
     # ---- WiFi credentials ---------------------------------------------------------------------------
 
@@ -376,18 +527,97 @@ class Engine:
     def inhibit_owners(self) -> set[str]:
         return {held.owner for held in self._inhibitors.values()}
 
+    # ---- USB flashing ---------------------------------------------------------------------------------
+
+    @property
+    def usb_flashing(self) -> bool:
+        """The master is being flashed over USB: slave jobs must wait (they need its port)."""
+        return self._usb_flasher is not None and self._usb_flasher.running
+
+    def _flasher(self) -> UsbFlasher:
+        """The USB flasher, built on first use with the esptool code it loads (see ``__init__``)."""
+        if self._usb_flasher is None:
+            from uc2otad.engine.usb_flash import UsbFlasher, UsbFlashSettings  # noqa: PLC0415
+            from uc2otad.methods.usb.esptool import EsptoolSettings  # noqa: PLC0415
+
+            config = self.config
+            usb = UsbFlashSettings(
+                esptool=EsptoolSettings(program=config.usb_esptool, timeout=config.usb_esptool_timeout),
+                reboot_wait=config.usb_reboot_wait,
+                reconnect_window=config.usb_reconnect_window,
+            )
+            self._usb_flasher = UsbFlasher(
+                settings=usb,
+                master=self.master,
+                hat_port=config.serial_port,
+                repository=lambda: self.repository,
+                status=self._usb_status,
+                slave_jobs_running=lambda: self.jobs.busy,
+                inhibited=lambda: bool(self._inhibitors),
+                on_running=lambda running: self._set_property("busy", running or self.jobs.busy),
+            )
+        return self._usb_flasher
+
+    async def list_serial_ports(self) -> list[dict[str, Any]]:
+        """The document's ``listSerialPorts``: every serial port the OS lists."""
+        # loaded on first use, as the flasher (idle memory, docs/benchmarks.md)
+        from uc2otad.methods.usb.ports import list_serial_ports  # noqa: PLC0415
+
+        return [port.as_dict() for port in await list_serial_ports()]
+
+    def flash_master(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Start flashing the master over USB; returns at once (CONTRACT.md §1 FlashMaster, §4).
+
+        :raises InvalidArgumentError: an option out of range
+        :raises InhibitedError, JobBusyError: an inhibit is held; a flash or a slave job is running
+        """
+        from uc2otad.engine.usb_flash import FlashOptions  # noqa: PLC0415 - on first use, as the flasher
+
+        return self._flasher().start(FlashOptions.from_mapping(options))
+
+    def usb_flash_status(self) -> dict[str, Any]:
+        """The document's ``getUSBFlashStatus``; ``status`` "idle" before any flash."""
+        return dict(self._usb_status.current)
+
+    async def cancel_usb_flash(self) -> None:
+        """:raises NoJobError: no flash is running"""
+        await self._flasher().cancel()
+
 
 def _method_name(asked: str, identity: Any) -> str:
-    """The method for ``asked`` with this master: "auto" follows it (CANopen streams, legacy uses WiFi)."""
+    """The method for ``asked`` with this master: "auto" follows it (CANopen streams, legacy uses WiFi).
+
+    :raises InvalidArgumentError: a method this master cannot carry out
+    """
     canopen = identity is not None and identity.is_canopen
     method = ("can" if canopen else "wifi") if asked == "auto" else asked
-    if method != "can":
-        raise InvalidArgumentError(
-            "the WiFi method is not available yet in this uc2otad; use a CANopen master"
-        )
-    if not canopen:
+    if method == "can" and not canopen:
         raise InvalidArgumentError("this master runs legacy firmware: it cannot stream (method 'can')")
+    if method == "wifi" and canopen:
+        raise InvalidArgumentError(
+            "this master runs CANopen firmware, which has no WiFi OTA command (method 'wifi'); use 'can'"
+        )
     return method
+
+
+def _is_current(scan: ScanResult, image: ResolvedImage) -> bool:
+    """The board reports the very version the image carries (unknown either side: not current)."""
+    node = scan.node(image.can_id)
+    return bool(node is not None and node.fw_version and image.version and node.fw_version == image.version)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """An update of some boards, resolved before any of them is touched."""
+
+    method: str
+    images: Mapping[int, ResolvedImage]
+    scan: ScanResult
+    credentials: WifiCredentials | None
+    #: the boards to update (not current, or forced), in the order given
+    due: list[int]
+    #: the WiFi window asked of the slaves, ms
+    window_ms: int
 
 
 def _image_for(catalog: Catalog, can_id: int, reported: str | None) -> ResolvedImage | None:

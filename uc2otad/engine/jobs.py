@@ -7,7 +7,9 @@ The rules every method shares live here, so that no method can forget one:
 - retries: a failure whose ``error_code`` may pass (:data:`TRANSIENT`) starts the attempt again, up to
   ``retries`` times, ``retry_delay`` apart; the status dict restarts its sequence with ``attempt`` + 1;
 - cancel stops the job at its next await; a method that has passed the point of no return (the board
-  committed the image) says so with :meth:`JobContext.committed`, after which Cancel is refused.
+  committed the image) says so with :meth:`JobContext.committed`, after which Cancel is refused;
+- a job may wait for its turn (``gate``: a batch's ``parallel`` and ``delay_between``) with its history
+  row already written, so that a crash while it waits is recorded too.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from uc2otad.engine.status import BoardStatus
 from uc2otad.engine.store import JobRecord, StatusStore
-from uc2otad.errors import AlreadyCommittedError, InhibitedError, JobBusyError, NoJobError, Uc2otadError
+from uc2otad.errors import (
+    AlreadyCommittedError,
+    InhibitedError,
+    JobBusyError,
+    JobError,
+    NoJobError,
+    Uc2otadError,
+    WifiJoinError,
+)
+from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.methods.base import Job
 
 _LOGGER = logging.getLogger(__name__)
@@ -43,7 +55,35 @@ class JobContext:
     can_id: int
     status: BoardStatus
     options: Mapping[str, Any]
+    #: the image the method obtained, once it has
+    image: VerifiedImage | None = None
     _committed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the master's reply to the starting command, or the error that ended the job before it came
+    _acceptance: asyncio.Future[Mapping[str, Any] | Uc2otadError] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def obtained(self, image: VerifiedImage) -> None:
+        self.image = image
+
+    def accepted(self, command_response: Mapping[str, Any]) -> None:
+        """The master acknowledged the command that starts the update (the first attempt's counts)."""
+        if not self._acceptance.done():
+            self._acceptance.set_result(dict(command_response))
+
+    async def acceptance(self) -> Mapping[str, Any]:
+        """Until the master acknowledged the command: its reply.
+
+        :raises Uc2otadError: the job ended before that, with this error (after its retries)
+        """
+        outcome = await asyncio.shield(self._acceptance)
+        if isinstance(outcome, Uc2otadError):
+            raise outcome
+        return outcome
+
+    def _ended(self, error: Uc2otadError | None) -> None:
+        if not self._acceptance.done():
+            self._acceptance.set_result(error if error is not None else {})
 
     def committed(self) -> None:
         """The board has taken the new image (ArduinoOTA "OK", streaming "success"): no cancel from now."""
@@ -101,9 +141,18 @@ class JobManager:
         """Call ``callback`` when a job starts or ends (the Busy property follows)."""
         self._on_change.append(callback)
 
-    def start(self, can_id: int, method: Method, options: Mapping[str, Any], **fields: Any) -> JobContext:
+    def start(
+        self,
+        can_id: int,
+        method: Method,
+        options: Mapping[str, Any],
+        *,
+        gate: AbstractAsyncContextManager[object] | None = None,
+        **fields: Any,
+    ) -> JobContext:
         """Start a job for board ``can_id`` and return at once; the job runs in the background.
 
+        :param gate: entered before the first attempt and held to the end (the job's turn in a batch)
         :param fields: added status fields known now (batch_id, firmware, previous_version…)
         :raises InhibitedError: an inhibit is held
         :raises JobBusyError: the board already has a job
@@ -119,7 +168,9 @@ class JobManager:
 
         status = BoardStatus(can_id, method.name, publish, job_id=job_id, **fields)
         context = JobContext(job_id, can_id, status, options)
-        task = asyncio.get_running_loop().create_task(self._run(context, method), name=f"job {job_id}")
+        task = asyncio.get_running_loop().create_task(
+            self._run(context, method, gate or nullcontext()), name=f"job {job_id}"
+        )
         self._running[can_id] = _Running(context, task)
         self._changed()
         return context
@@ -156,7 +207,7 @@ class JobManager:
 
     # ---- one job -------------------------------------------------------------------------------------
 
-    async def _run(self, job: JobContext, method: Method) -> None:
+    async def _run(self, job: JobContext, method: Method, gate: AbstractAsyncContextManager[object]) -> None:
         known = job.status.status
         record = JobRecord(
             job_id=job.job_id,
@@ -168,39 +219,73 @@ class JobManager:
         )
         try:
             await self._store.begin_job(record)
-            await self._attempts(job, method)
+            async with gate:
+                job._ended(await self._attempts(job, method))
         except asyncio.CancelledError:
+            job._ended(JobError(f"board {job.can_id}: the update was stopped before the master answered"))
             if self._stopping:
                 raise  # daemon shutdown: leave the row running, reconciled as interrupted on start-up
             await job.status.fail("cancelled")
             await self._store.finish_job(
-                job.job_id, success=False, error_code="cancelled", message="cancelled"
+                job.job_id,
+                success=False,
+                error_code="cancelled",
+                message="cancelled",
+                attempt=job.status.status["attempt"],
+                sha256=job.image.cached.sha256 if job.image is not None else None,
             )
         finally:
             self._running.pop(job.can_id, None)
             self._changed()
 
-    async def _attempts(self, job: JobContext, method: Method) -> None:
-        for attempt in range(self.retries + 1):
+    async def _attempts(self, job: JobContext, method: Method) -> Uc2otadError | None:
+        """Run the method until it succeeds or fails for good; the error that ended it, if any."""
+        attempt = 1
+        while True:
             try:
                 await method.run(job)
             except Uc2otadError as err:
                 code = err.error_code or "failed"
-                await job.status.fail(code, detail=str(err), wifi=code == "wifi_failed")
-                if code in TRANSIENT and attempt < self.retries and not job.is_committed:
+                retrying = code in TRANSIENT and attempt <= self.retries and not job.is_committed
+                await job.status.fail(
+                    code,
+                    detail=str(err),
+                    wifi=code == "wifi_failed",
+                    retry_in=round(self.retry_delay) if retrying else None,
+                    **_board_words(err),
+                )
+                if retrying:
                     _LOGGER.warning(
                         "job %s: board %d attempt %d failed (%s); retrying in %.0fs",
-                        job.job_id, job.can_id, attempt + 1, code, self.retry_delay,
+                        job.job_id, job.can_id, attempt, code, self.retry_delay,
                         extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "retry"},
                     )  # fmt: skip
                     await asyncio.sleep(self.retry_delay)
                     job.status.retry()
+                    attempt += 1
                     continue
-                await self._store.finish_job(job.job_id, success=False, error_code=code, message=str(err))
-                return
-            await self._store.finish_job(job.job_id, success=True)
-            return
+                await self._finish(job, attempt, error=err)
+                return err
+            await self._finish(job, attempt)
+            return None
+
+    async def _finish(self, job: JobContext, attempt: int, *, error: Uc2otadError | None = None) -> None:
+        image = job.image
+        await self._store.finish_job(
+            job.job_id,
+            success=error is None,
+            error_code=(error.error_code or "failed") if error is not None else "",
+            message=str(error) if error is not None else "",
+            attempt=attempt,
+            firmware_version=image.version if image is not None and error is None else None,
+            sha256=image.cached.sha256 if image is not None else None,
+        )
 
     def _changed(self) -> None:
         for callback in list(self._on_change):
             callback()
+
+
+def _board_words(err: Uc2otadError) -> dict[str, Any]:
+    """The board's own words about its failure, as the status dict's ``statusMsg``."""
+    return {"statusMsg": err.status_msg} if isinstance(err, WifiJoinError) and err.status_msg else {}

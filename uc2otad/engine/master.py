@@ -6,16 +6,19 @@ Two ownership modes (CONTRACT.md §3):
 - ``on-demand``: the port is opened only for a scan or a job and closed right after, so ImSwitch can
   use it in between; if someone else holds it then, the caller gets :class:`PortInUseError` (Busy).
 
-Either way a caller borrows the link with ``async with connection.use("scan") as link``.
+Either way a caller borrows the link with ``async with connection.use("scan") as link``. Flashing the
+master over USB takes the port away from both modes: ``async with connection.released("USB flash"):``
+closes the link and keeps it closed (``use`` is then LinkBusyError) until the block ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from uc2otad.errors import LinkClosedError, LinkError
+from uc2otad.errors import LinkBusyError, LinkClosedError, LinkError
 from uc2otad.links.base import ConnectionEvent
 from uc2otad.links.reconnect import ReconnectLogic
 from uc2otad.links.serial_hat import HatSettings, SerialHatLink
@@ -40,6 +43,8 @@ class MasterConnection:
         self._opener: ReconnectLogic | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._stopping = False
+        #: what holds the port while it is released (:meth:`released`); None: not released
+        self._released_for: str | None = None
 
     @property
     def link(self) -> SerialHatLink | None:
@@ -80,6 +85,8 @@ class MasterConnection:
         :raises LinkClosedError: exclusive mode and the HAT is not connected now
         :raises LinkOpenError: on demand and the port cannot be opened (PortInUseError: someone holds it)
         """
+        if self._released_for is not None:
+            raise LinkBusyError(f"the master's port is released for {self._released_for}", port=self._name())
         if self.ownership == "exclusive":
             link = self.link
             if link is None:
@@ -96,12 +103,53 @@ class MasterConnection:
             await link.close()
             self._on_connected(False)
 
+    @contextlib.asynccontextmanager
+    async def released(self, purpose: str) -> AsyncIterator[None]:
+        """Close the link and leave the port alone while the block runs (esptool needs it to itself).
+
+        Reconnecting is suspended meanwhile and ``use`` refuses with LinkBusyError. At the end the
+        exclusive link starts opening again in the background (:meth:`wait_connected` waits for it).
+
+        :raises LinkBusyError: already released
+        """
+        if self._released_for is not None:
+            raise LinkBusyError(f"the master's port is already released for {self._released_for}")
+        self._released_for = purpose
+        try:
+            if self._opener is not None:
+                await self._opener.stop()
+            if self._link is not None:
+                await self._link.close()
+            _LOGGER.info("master: port released for %s", purpose)
+            yield
+        finally:
+            self._released_for = None
+            if self._opener is not None and not self._stopping:
+                _LOGGER.info("master: %s over; opening the port again", purpose)
+                self._opener.start()
+
+    async def wait_connected(self) -> None:
+        """Return once the exclusive link is open (at once on demand); bound it with a timeout."""
+        link = self._link
+        if self.ownership != "exclusive" or link is None or link.is_open:
+            return
+        connected = asyncio.Event()
+        unsubscribe = link.on_connection(
+            lambda event: connected.set() if event is ConnectionEvent.CONNECTED else None
+        )
+        try:
+            if not link.is_open:
+                await connected.wait()
+        finally:
+            unsubscribe()
+
     def _on_event(self, event: ConnectionEvent) -> None:
         if event is ConnectionEvent.CONNECTED:
             self._on_connected(True)
         elif event in (ConnectionEvent.LOST, ConnectionEvent.CLOSED):
             self._on_connected(False)
-            if event is ConnectionEvent.CLOSED and self._opener is not None and not self._stopping:
+            stay_closed = self._stopping or self._released_for is not None
+            if event is ConnectionEvent.CLOSED and self._opener is not None and not stay_closed:
                 self._opener.start()  # the link gave up reconnecting: keep looking, from scratch
 
     def _name(self) -> str:

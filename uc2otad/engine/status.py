@@ -147,10 +147,11 @@ class BoardStatus:
             firmware_version=firmware_version,
         )
 
-    async def fail(self, error_code: str, *, detail: str = "", wifi: bool = False) -> None:
+    async def fail(self, error_code: str, *, detail: str = "", wifi: bool = False, **fields: Any) -> None:
         """End the attempt as failed: the document's error row in ``message``, details in ``upload_error``.
 
         :param wifi: the board could not join WiFi (status "wifi_failed", the document's Phase 3)
+        :param fields: what else is known now (``statusMsg``: the board's own words)
         """
         self._done.append(Phase.FAILED)
         row = ERROR_ROWS.get(error_code, error_code)
@@ -161,6 +162,7 @@ class BoardStatus:
             message=f"❌ {row}",
             upload_error=detail or row,
             success=False if wifi else self.status.get("success"),
+            **fields,
         )
 
     def retry(self) -> None:
@@ -168,7 +170,7 @@ class BoardStatus:
         self._done.clear()
         self._progress_sent = -1
         self.status["attempt"] += 1
-        for key in ("error_code", "upload_error", "verification"):
+        for key in ("error_code", "upload_error", "verification", "retry_in"):
             self.status.pop(key, None)
 
     # ---- internals -----------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX history_by_board ON history (can_id, started);
     """,
+    # 2: the sha256 of the image each job transferred
+    "ALTER TABLE history ADD COLUMN sha256 TEXT",
 )
 
 #: status values that mean "an update was under way" (CONTRACT.md §2); the others are final or idle
@@ -83,6 +85,7 @@ class JobRecord:
     firmware: str | None = None
     firmware_version: str | None = None
     previous_version: str | None = None
+    sha256: str | None = None
     attempt: int = 1
     error_code: str | None = None
     message: str | None = None
@@ -140,10 +143,20 @@ class StatusStore:
         return JobRecord(**{**job.__dict__, "state": "running", "started": started})
 
     async def finish_job(
-        self, job_id: str, *, success: bool, error_code: str = "", message: str = ""
+        self,
+        job_id: str,
+        *,
+        success: bool,
+        error_code: str = "",
+        message: str = "",
+        attempt: int = 1,
+        firmware_version: str | None = None,
+        sha256: str | None = None,
     ) -> None:
-        """Close the job's row as ``success`` or ``failed``."""
-        row = ("success" if success else "failed", error_code or None, message or None, now_text(), job_id)
+        """Close the job's row as ``success`` or ``failed``, with what became known on the way: the
+        attempts made, the image's version and sha256 (None leaves a known value alone)."""
+        row = ("success" if success else "failed", error_code or None, message or None, now_text(), attempt,
+               firmware_version, sha256, job_id)  # fmt: skip
         await self._run(lambda db: _write(db, _FINISH_JOB, row))
 
     async def history(self, can_id: int = 0, *, limit: int = 1000) -> list[JobRecord]:
@@ -212,7 +225,11 @@ _BEGIN_JOB = """
                          attempt, state, started)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)
 """
-_FINISH_JOB = "UPDATE history SET state = ?, error_code = ?, message = ?, finished = ? WHERE job_id = ?"
+_FINISH_JOB = """
+    UPDATE history SET state = ?, error_code = ?, message = ?, finished = ?, attempt = ?,
+                       firmware_version = coalesce(?, firmware_version), sha256 = coalesce(?, sha256)
+    WHERE job_id = ?
+"""
 
 
 def _write(connection: sqlite3.Connection, statement: str, parameters: tuple[Any, ...]) -> None:

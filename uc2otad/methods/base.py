@@ -7,8 +7,12 @@ engine → methods → links, never back).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from uc2otad.firmware.repository import VerifiedImage
 
 
 class Phase(StrEnum):
@@ -42,6 +46,12 @@ class Job(Protocol):
 
     @property
     def status(self) -> StatusSink: ...
+
+    def obtained(self, image: VerifiedImage) -> None:
+        """The verified image this job transfers (its history row keeps the sha256 and version)."""
+
+    def accepted(self, command_response: Mapping[str, Any]) -> None:
+        """The master acknowledged the command that starts the update (StartOTA returns with its reply)."""
 
     def committed(self) -> None:
         """The board has taken the new image: from now on the job cannot be cancelled."""

@@ -6,19 +6,19 @@ It drives the board's status through the contract's streaming sequence: command_
 image is obtained and checked before ``/ota_start``, which needs its size and CRC.
 
 The link calls its progress callbacks synchronously; the status updates they cause are awaited in
-order by one consumer, so no update can overtake another.
+order (:mod:`.ordered`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.serial_hat import SerialHatLink
 from uc2otad.methods.base import Job, Phase
+from uc2otad.methods.ordered import ordered_updates
 from uc2otad.methods.verify import VerifySettings, await_new_image
 
 LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
@@ -45,8 +45,9 @@ class CanStreamMethod:
 
     async def run(self, job: Job) -> None:
         image = await self._obtain()
+        job.obtained(image)
         data = await asyncio.to_thread(image.path.read_bytes)
-        async with self._use_link(f"streaming to node {job.can_id}") as link, _ordered() as updates:
+        async with self._use_link(f"streaming to node {job.can_id}") as link, ordered_updates() as updates:
             await job.status.advance(Phase.COMMAND_SENT, firmware=image.name)
             await job.status.advance(Phase.DOWNLOADING)
             await link.stream_ota(
@@ -58,45 +59,5 @@ class CanStreamMethod:
             job.committed()  # the master said "success": the slave checked the CRC and set its boot partition
             await updates.drain()
             await job.status.advance(Phase.VERIFYING)
-            evidence = await await_new_image(link, job.can_id, image.info, self._verify)
+            evidence = await await_new_image(link.scan, job.can_id, image.info, self._verify)
         await job.status.succeed(verification=evidence, firmware_version=image.version)
-
-
-class _Ordered:
-    """Runs the coroutines handed to it one after the other, in the order they came."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Awaitable[None]] = asyncio.Queue()
-        self._worker = asyncio.ensure_future(self._work())
-
-    def __call__(self, update: Awaitable[None]) -> None:
-        self._queue.put_nowait(update)
-
-    async def drain(self) -> None:
-        await self._queue.join()
-
-    async def _work(self) -> None:
-        while True:
-            update = await self._queue.get()
-            try:
-                await update
-            finally:
-                self._queue.task_done()
-
-    async def close(self) -> None:
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
-        while not self._queue.empty():  # never awaited: close them so Python does not warn
-            update = self._queue.get_nowait()
-            if asyncio.iscoroutine(update):
-                update.close()
-
-
-@contextlib.asynccontextmanager
-async def _ordered() -> AsyncIterator[_Ordered]:
-    pump = _Ordered()
-    try:
-        yield pump
-    finally:
-        await pump.close()

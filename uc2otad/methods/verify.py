@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from uc2otad.errors import BoardNotBackError, VerificationError
 from uc2otad.firmware.image import ImageInfo
-from uc2otad.links.serial_hat import SerialHatLink
+from uc2otad.links.commands import ScanResult
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,7 +44,12 @@ def image_build(info: ImageInfo) -> str | None:
     return f"{desc.date} {desc.time}" if desc is not None and desc.date else None
 
 
-async def await_new_image(link: SerialHatLink, can_id: int, info: ImageInfo, settings: VerifySettings) -> str:
+#: one scan of the bus; the WiFi method borrows the link for each, so that boards of a batch that
+#: verify at the same time do not hold the link for each other's whole window
+Scan = Callable[[], Awaitable[ScanResult]]
+
+
+async def await_new_image(scan: Scan, can_id: int, info: ImageInfo, settings: VerifySettings) -> str:
     """Scan until board ``can_id`` runs ``info``; the evidence found ("version", "build" or "transfer").
 
     :raises BoardNotBackError: the board did not answer within the window
@@ -55,7 +61,7 @@ async def await_new_image(link: SerialHatLink, can_id: int, info: ImageInfo, set
     deadline = time.monotonic() + settings.window
     seen_running: str | None = None
     while True:
-        node = (await link.scan()).node(can_id)
+        node = (await scan()).node(can_id)
         if node is not None and node.reachable:
             if version and node.fw_version == version:
                 return "version"

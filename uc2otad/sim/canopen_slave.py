@@ -89,7 +89,13 @@ class CanOpenSlave:
         self._sdo = SdoServer(self._objects)
         self._isotp = Reassembler()
         self.wifi = WifiOtaService(
-            spec.can_id, spec.ip, network, timing, ota_port=ota_port, on_finished=self._after_wifi_ota
+            spec.can_id,
+            spec.ip,
+            network,
+            timing,
+            ota_port=ota_port,
+            on_finished=self._after_wifi_ota,
+            on_fault_struck=self._transfer_fault_struck,
         )
         self._reader = can.AsyncBufferedReader()
         self._port: CanPort | None = None
@@ -126,6 +132,7 @@ class CanOpenSlave:
     def faults(self, faults: NodeFaults) -> None:
         self._faults = faults
         self._ota.corrupt_offset = faults.corrupt_offset
+        self.wifi.apply_faults(faults)
 
     @property
     def ota_status(self) -> OtaStatus:
@@ -268,10 +275,17 @@ class CanOpenSlave:
                 self._restarting.cancel()  # whatever reboot was planned, this one comes first
             self._go_down()  # at once: not one more frame is heard
             self._restarting = _spawn(self._boot())
+            self._transfer_fault_struck()
         elif self._stalled is not block and percent >= (faults.stall_at_percent or math.inf):
             self._stalled = block
             _LOGGER.info("%r: stalls at %d bytes for %ss (fault)", self, block.received, faults.stall_seconds)
+            self._transfer_fault_struck()
             await self._hold_up(faults.stall_seconds)
+
+    def _transfer_fault_struck(self) -> None:
+        if self.faults.transfer_faults_once:
+            _LOGGER.info("%r: transfer faults cleared after striking once", self)
+            self.faults = self.faults.without_transfer_faults()
 
     async def _hold_up(self, seconds: float) -> None:
         """The CAN task does nothing else for ``seconds`` (inf: until the node is stopped)."""

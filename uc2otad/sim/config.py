@@ -189,6 +189,7 @@ def _faults(value: Any, key: str) -> NodeFaults:
         stall_at_percent=share("stall_at_percent"),
         stall_seconds=share("stall_seconds") or defaults.stall_seconds,
         corrupt_offset=offset if offset >= 0 else None,
+        transfer_faults_once=_get(value, f"{key}.transfer_faults_once", bool, defaults.transfer_faults_once),
     )
 
 

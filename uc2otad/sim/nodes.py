@@ -9,7 +9,7 @@ LEDs 30-31, galvos 40-49, GPIO slave 60, PTZ bridge 61. What a node reports in a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from uc2otad.errors import ConfigError
@@ -71,6 +71,13 @@ class NodeFaults:
     stall_seconds: float = math.inf
     #: the flash write of this image offset goes wrong: the slave's CRC check refuses the image
     corrupt_offset: int | None = None
+    #: the transfer faults above strike one transfer only, then clear (a flaky moment: the retry
+    #: succeeds). A CAN stream clears a drop or stall this way; a WiFi upload any of the three
+    transfer_faults_once: bool = False
+
+    def without_transfer_faults(self) -> NodeFaults:
+        """These faults with the transfer faults cleared."""
+        return replace(self, drop_at_percent=None, stall_at_percent=None, corrupt_offset=None)
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,6 @@ class MasterTiming:
     wifi_join_timeout: float = 30.0
     #: FW-legacy raises a requested OTA window below 300000 ms to 300000 ms; the slave reboots at its end
     wifi_ota_min_window: float = 300.0
+    #: seconds until what a slave sends over WiFi reaches the host (its answers and acks): half of a
+    #: round trip of the host's first packet; an ESP32 in modem-sleep answers in tens of ms
+    wifi_network_delay: float = 0.0

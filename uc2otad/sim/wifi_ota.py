@@ -35,7 +35,7 @@ import can
 from uc2otad.sim.can_bus import CanPort, SimCanBus
 from uc2otad.sim.isotp import IsoTpError, IsoTpSender, Reassembler
 from uc2otad.sim.nodes import NodeFaults
-from uc2otad.sim.ota_board import ARDUINO_OTA_PORT, OtaBoard, OtaBoardConfig
+from uc2otad.sim.ota_board import ARDUINO_OTA_PORT, BoardFaults, OtaBoard, OtaBoardConfig
 from uc2otad.sim.timing import MasterTiming
 
 _LOGGER = logging.getLogger(__name__)
@@ -158,13 +158,16 @@ class WifiOtaService:
         *,
         ota_port: int = ARDUINO_OTA_PORT,
         on_finished: Callable[[bytes | None], None],
+        on_fault_struck: Callable[[], None] = lambda: None,
     ) -> None:
+        """:param on_fault_struck: an upload failed while transfer faults were set (they may clear now)"""
         self.can_id = can_id
         self.ip = ip
         self._network = network
         self._timing = timing
         self._ota_port = ota_port
         self._on_finished = on_finished
+        self._on_fault_struck = on_fault_struck
         #: the ArduinoOTA service while the slave serves one
         self.board: OtaBoard | None = None
         self._ssid = ""
@@ -186,7 +189,8 @@ class WifiOtaService:
             _LOGGER.info("node %d: WiFi connection failed ssid=%s", self.can_id, request.ssid)
             return OtaAck(WifiStatus.WIFI_FAILED, self.can_id)
         board = OtaBoard(
-            OtaBoardConfig(ip=self.ip, port=self._ota_port, reboot_time=0.0, firmware=running_image)
+            OtaBoardConfig(ip=self.ip, port=self._ota_port, reboot_time=0.0, firmware=running_image),
+            faults=self._board_faults(faults),
         )
         try:
             if faults.ota_start_fails:
@@ -197,8 +201,27 @@ class WifiOtaService:
             return OtaAck(WifiStatus.OTA_FAILED, self.can_id)
         self.board, self._ssid = board, request.ssid
         window = request.timeout_ms / 1000 if request.timeout_ms else ZERO_WINDOW
-        self._watch = asyncio.create_task(self._serve(board, max(window, self._timing.wifi_ota_min_window)))
+        self._watch = asyncio.create_task(
+            self._serve(
+                board, max(window, self._timing.wifi_ota_min_window), once=faults.transfer_faults_once
+            )
+        )
         return OtaAck(WifiStatus.JOINED, self.can_id, self.ip)
+
+    def apply_faults(self, faults: NodeFaults) -> None:
+        """New faults of the node: an ArduinoOTA service running now takes them from its next upload."""
+        if self.board is not None:
+            self.board.faults = self._board_faults(faults)
+
+    def _board_faults(self, faults: NodeFaults) -> BoardFaults:
+        """The node's transfer faults strike its ArduinoOTA upload as they strike a CAN stream."""
+        return BoardFaults(
+            drop_at_percent=faults.drop_at_percent,
+            stall_at_percent=faults.stall_at_percent,
+            stall_seconds=faults.stall_seconds,
+            corrupt_offset=faults.corrupt_offset,
+            network_delay=self._timing.wifi_network_delay,
+        )
 
     async def stop(self) -> None:
         """End the session without a reboot callback (the slave is rebooting or powered off anyway)."""
@@ -210,11 +233,18 @@ class WifiOtaService:
         if board is not None:
             await board.stop()
 
-    async def _serve(self, board: OtaBoard, window: float) -> None:
+    async def _serve(self, board: OtaBoard, window: float, *, once: bool) -> None:
         """``handleOtaLoop()``: serve until an upload ends well or the window is over."""
         image: bytes | None = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(window):
+                if once and board.faults != BoardFaults(network_delay=board.faults.network_delay):
+                    await board.wait_until(
+                        lambda running: running.boots > 0 or running.counters.failed_updates > 0
+                    )
+                    if not board.boots:  # the fault struck: clear it for the next attempt
+                        board.faults = BoardFaults(network_delay=board.faults.network_delay)
+                        self._on_fault_struck()
                 await board.wait_until(lambda running: running.boots > 0)
                 image = board.running_image
         self._watch = None

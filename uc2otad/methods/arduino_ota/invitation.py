@@ -2,8 +2,10 @@
 
 The board answers every datagram to the address and port it came from (arduino-ota.md §1.2, §4.7), so
 an invitation and the authentication that follows it must leave from one socket, and the answers are read
-on that same socket. A retry uses a fresh socket (as espota does): a late answer to an earlier try then
-lands on a closed port instead of being taken for the answer to this one.
+on that same socket. Unlike espota, every retry leaves from that one socket too: a board that was busy
+(an earlier session it had to time out) answers the tries it queued meanwhile, one by one, and with a
+fresh socket per try each such answer landed on a closed port while the board went on to wait for a
+call-back that never came. The tries are the same datagram, so a late answer is as good as any.
 
 Main constraint: datagrams from anyone but the board are ignored, and every read is bounded.
 """
@@ -114,31 +116,32 @@ async def invite(
     :raises UploadConnectionError: no answer to any try, or the datagram cannot be sent
     """
     datagram = invitation.datagram()
-    for attempt in range(1, attempts + 1):
-        try:
-            channel = DatagramChannel(board, local_ip=local_ip)
-        except OSError as err:
-            raise UploadConnectionError(
-                f"cannot open a UDP socket: local_ip={local_ip or '*'}: {err.strerror}", host=host
-            ) from err
-        try:
+    try:
+        channel = DatagramChannel(board, local_ip=local_ip)
+    except OSError as err:
+        raise UploadConnectionError(
+            f"cannot open a UDP socket: local_ip={local_ip or '*'}: {err.strerror}", host=host
+        ) from err
+    try:
+        for attempt in range(1, attempts + 1):
             await channel.send(datagram)
-            async with asyncio.timeout(answer_timeout):
-                answer = await channel.receive()
-        except TimeoutError:
-            channel.close()
-            level = logging.WARNING if attempt == 1 else logging.DEBUG
-            _LOGGER.log(level, "%s: no answer to invitation attempt=%d/%d", host, attempt, attempts)
-            continue
-        except OSError as err:
-            channel.close()
-            raise UploadConnectionError(
-                f"cannot send the invitation: board={board[0]}:{board[1]}: {err.strerror}", host=host
-            ) from err
-        except BaseException:
-            channel.close()
-            raise
-        return channel, answer
+            try:
+                async with asyncio.timeout(answer_timeout):
+                    answer = await channel.receive()
+            except TimeoutError:
+                level = logging.WARNING if attempt == 1 else logging.DEBUG
+                _LOGGER.log(level, "%s: no answer to invitation attempt=%d/%d", host, attempt, attempts)
+                continue
+            return channel, answer
+    except OSError as err:
+        channel.close()
+        raise UploadConnectionError(
+            f"cannot send the invitation: board={board[0]}:{board[1]}: {err.strerror}", host=host
+        ) from err
+    except BaseException:
+        channel.close()
+        raise
+    channel.close()
     raise UploadConnectionError(
         f"no answer to the invitation: board={board[0]}:{board[1]} attempts={attempts} "
         f"timeout={answer_timeout}s",

@@ -1,0 +1,83 @@
+"""Helpers for the USB flash tests: a watcher of USBFlashStatusChanged and the flash calls."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dbus_client import add_match, call, unwrap
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from uc2otad.api import names
+
+#: seconds a flash may take to reach the status a test waits for (esptool starts in ~0.4 s per run)
+FLASH_TIMEOUT = 20.0
+#: the document's status table (progress, status, message), "{…}" filled in by the test
+TABLE = {
+    "disconnecting": (5, "disconnecting", "Disconnecting from ESP32..."),
+    "downloading": (10, "downloading", "Downloading firmware from server..."),
+    "downloaded": (20, "downloading", "Firmware downloaded: {firmware}"),
+    "port": (25, "flashing", "Using port: {port}"),
+    "erasing": (30, "erasing", "Erasing flash memory..."),
+    "erased": (40, "flashing", "Flash erased successfully"),
+    "writing": (45, "flashing", "Writing firmware to device..."),
+    "written": (85, "flashing", "Firmware written successfully!"),
+    "reconnecting": (90, "reconnecting", "Reconnecting to device..."),
+    "success": (100, "success", "✅ Firmware flashed and reconnected!"),
+}
+
+
+class FlashSignals:
+    """USBFlashStatusChanged as it arrives; :meth:`until` waits for a status that matches."""
+
+    def __init__(self, client: MessageBus) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self._client = client
+        client.add_message_handler(self._on_message)
+
+    async def subscribe(self) -> FlashSignals:
+        await add_match(
+            self._client, f"type='signal',sender='{names.BUS_NAME}',member='USBFlashStatusChanged'"
+        )
+        return self
+
+    def _on_message(self, message: Message) -> None:
+        if message.member == "USBFlashStatusChanged":
+            self.statuses.append(unwrap(message.body[0]))
+            self._changed.set()
+
+    async def until(self, *statuses: str, message: str | None = None) -> dict[str, Any]:
+        """The first status whose ``status`` is one of ``statuses`` (and ``message``, if given)."""
+        async with asyncio.timeout(FLASH_TIMEOUT):
+            while True:
+                for status in self.statuses:
+                    if status["status"] in statuses and message in (None, status["message"]):
+                        return status
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def final(self) -> dict[str, Any]:
+        return await self.until("success", "failed")
+
+    def table_rows(self) -> list[tuple[int, str, str]]:
+        """(progress, status, message) of every signal, the write progress steps left out."""
+        return [
+            (s["progress"], s["status"], s["message"]) for s in self.statuses if not (45 < s["progress"] < 85)
+        ]
+
+
+async def flash_master(client: MessageBus, **options: Any) -> dict[str, Any]:
+    """FlashMaster with plain values (typed as the contract says); the reply, unwrapped."""
+    types = {"port": "s", "match": "s", "baud": "u", "flash_offset": "u", "erase_flash": "b",
+             "reconnect_after": "b", "firmware": "s", "chip": "s"}  # fmt: skip
+    variants = {key: Variant(types[key], value) for key, value in options.items()}
+    reply = await call(client, "FlashMaster", "a{sv}", variants)
+    assert reply.message_type is MessageType.METHOD_RETURN, (reply.error_name, reply.body)
+    return dict(unwrap(reply.body[0]))
+
+
+def row(name: str, **values: str) -> tuple[int, str, str]:
+    progress, status, message = TABLE[name]
+    return progress, status, message.format(**values)

@@ -1,0 +1,368 @@
+"""The USB flash job: the master CAN HAT flashed with esptool, safely, while the daemon owns its port.
+
+One flash at a time, never while a slave job runs (both ways: the engine asks :attr:`UsbFlasher.running`
+before a slave job). The steps follow the procedure document's workflow and status table
+(:mod:`.usb_status`):
+
+1. before touching anything: esptool runnable, the port chosen (CONTRACT.md §4) and openable;
+2. the master link released (closed, reconnecting suspended), the image fetched into the cache;
+3. the board probed (chip from the adapter's VID:PID, else esptool's detection; flash size), the image
+   rules checked (:mod:`uc2otad.methods.usb.rules`) — a refused image is never written;
+4. erase (merged images only, when asked), write with esptool's progress in 45-85;
+5. the board's reboot awaited, the link reopened, and ``/state_get`` must show the new image.
+
+A failure ends ``failed`` with the document's USB error row; cancel stops esptool (terminate, then kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uc2otad.engine import defaults
+from uc2otad.engine.master import MasterConnection
+from uc2otad.engine.usb_status import UsbFlashStatus, UsbStep
+from uc2otad.errors import (
+    ConfigError,
+    InhibitedError,
+    InvalidArgumentError,
+    JobBusyError,
+    LinkError,
+    NoJobError,
+    ReconnectError,
+    Uc2otadError,
+)
+from uc2otad.firmware.catalog import MASTER_CAN_ID
+from uc2otad.firmware.image import normalize_chip_name
+from uc2otad.firmware.names import check_file_name
+from uc2otad.firmware.repository import FirmwareRepository
+from uc2otad.links.commands import MasterIdentity
+from uc2otad.methods.usb.chips import chip_for_usb_id
+from uc2otad.methods.usb.esptool import Esptool, EsptoolSettings
+from uc2otad.methods.usb.ports import (
+    SerialPort,
+    check_port_access,
+    choose_port,
+    list_serial_ports,
+    usb_identity,
+)
+from uc2otad.methods.usb.rules import APP_OFFSET, MERGED_OFFSET, FlashPlan, plan_flash
+
+_LOGGER = logging.getLogger(__name__)
+
+# REBOOT_WAIT and RECONNECT_WINDOW are settings' defaults: defined, with where each number comes from,
+# in uc2otad.engine.defaults, which the settings read without loading this module
+#: seconds the board takes to boot after esptool's hard reset (1 s, the document's Phase 4)
+REBOOT_WAIT = defaults.REBOOT_WAIT
+#: seconds the master has to answer ``/state_get`` again after the flash (30 s)
+RECONNECT_WINDOW = defaults.RECONNECT_WINDOW
+#: seconds between tries to confirm the master within the window, when a try fails at once
+CONFIRM_RETRY_DELAY = 0.5
+#: the document's flashMasterFirmwareUSB defaults (CONTRACT.md §4)
+DEFAULT_BAUD = 921600
+DEFAULT_MATCH = "HAT"
+#: baud rates esptool can ask of a USB-serial adapter; the ROM starts at 115200
+MIN_BAUD, MAX_BAUD = 9600, 4_000_000
+#: esptool's last lines kept for the journal summary of a failure
+TAIL_LINES = 20
+#: the longest ``match`` text: it is compared with port descriptions
+MAX_MATCH_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class UsbFlashSettings:
+    """Timeouts and how esptool runs; tests shrink them."""
+
+    esptool: EsptoolSettings = field(default_factory=EsptoolSettings)
+    reboot_wait: float = REBOOT_WAIT
+    reconnect_window: float = RECONNECT_WINDOW
+
+
+@dataclass(frozen=True)
+class FlashOptions:
+    """FlashMaster's options (CONTRACT.md §4), checked."""
+
+    port: str = ""
+    match: str = DEFAULT_MATCH
+    baud: int = DEFAULT_BAUD
+    #: None: the image's own offset
+    flash_offset: int | None = None
+    erase_flash: bool = False
+    reconnect_after: bool = True
+    #: a file name on the firmware server; None: the master image the catalog chooses
+    firmware: str | None = None
+    #: "auto" or a chip as esptool names it
+    chip: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> FlashOptions:
+        """:raises InvalidArgumentError: a value out of range or of the wrong kind (the message names it)"""
+        try:
+            values = cls(**options)
+        except TypeError as err:  # an option this class does not have
+            raise InvalidArgumentError(f"unknown FlashMaster option: {err}") from err
+        if values.port and not values.port.startswith(("/", "socket://", "rfc2217://")):
+            raise InvalidArgumentError(
+                f"port must be a device path or a socket:// or rfc2217:// URL, not {values.port!r}"
+            )
+        if len(values.match) > MAX_MATCH_LENGTH or not values.match.isprintable():
+            raise InvalidArgumentError(f"match must be up to {MAX_MATCH_LENGTH} printable characters")
+        if not MIN_BAUD <= values.baud <= MAX_BAUD:
+            raise InvalidArgumentError(f"baud must be {MIN_BAUD}..{MAX_BAUD}, not {values.baud}")
+        if values.flash_offset not in (None, MERGED_OFFSET, APP_OFFSET):
+            raise InvalidArgumentError(
+                f"flash_offset must be 0x0 (merged image) or 0x10000 (app image), not {values.flash_offset}"
+            )
+        if values.erase_flash and values.flash_offset == APP_OFFSET:
+            raise InvalidArgumentError("erase_flash needs a merged image at 0x0, not flash_offset 0x10000")
+        if values.firmware is not None:
+            try:
+                check_file_name(values.firmware)
+            except ValueError as err:
+                raise InvalidArgumentError(str(err)) from err
+        if values.chip != "auto":
+            try:
+                normalize_chip_name(values.chip)
+            except ConfigError as err:
+                raise InvalidArgumentError(f"chip must be auto or an ESP chip name: {err.reason}") from err
+        return values
+
+
+class UsbFlasher:
+    """The daemon's one USB flash: start, status, cancel."""
+
+    def __init__(
+        self,
+        *,
+        settings: UsbFlashSettings,
+        master: MasterConnection | None,
+        hat_port: str,
+        repository: Callable[[], FirmwareRepository],
+        status: UsbFlashStatus,
+        slave_jobs_running: Callable[[], bool],
+        inhibited: Callable[[], bool],
+        on_running: Callable[[bool], None],
+    ) -> None:
+        """
+        :param master: the master link to release while flashing; None without a HAT link
+        :param hat_port: the HAT link's configured port ("" without one): the default port to flash
+        :param repository: the firmware repository in use now (it changes with SetFirmwareServer)
+        :param status: the daemon's one USB flash status (it exists before the flasher: the idle status)
+        :param on_running: told True when a flash starts and False when it ends
+        """
+        self._settings = settings
+        self._master = master
+        self._hat_port = hat_port
+        self._repository = repository
+        self._slave_jobs_running = slave_jobs_running
+        self._inhibited = inhibited
+        self._on_running = on_running
+        self.status = status
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """A flash is in progress: slave jobs must not start (they need the master's port)."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, options: FlashOptions) -> dict[str, Any]:
+        """Start flashing the master and return at once; the result arrives as status changes.
+
+        :raises InhibitedError: an inhibit is held
+        :raises JobBusyError: a flash or a slave job is running
+        """
+        if self._inhibited():
+            raise InhibitedError("updates are inhibited; see the Inhibited property")
+        if self.running:
+            raise JobBusyError("the master is already being flashed over USB")
+        if self._slave_jobs_running():
+            raise JobBusyError("a slave update is running through the master; flash the master after it")
+        self.status.begin(erase_flash=options.erase_flash, firmware=options.firmware)
+        self._task = asyncio.get_running_loop().create_task(self._run(options), name="usb flash")
+        self._on_running(True)
+        self._task.add_done_callback(lambda _task: self._on_running(False))
+        _LOGGER.info(
+            "usb: flash of the master started port=%s firmware=%s erase=%s",
+            options.port or "(auto)", options.firmware or "(catalog)", options.erase_flash,
+            extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "started"},
+        )  # fmt: skip
+        return {
+            "status": "started",
+            "message": "Master firmware flash started",
+            "port": options.port or None,
+            "firmware": options.firmware,
+            "baud": options.baud,
+            "erase_flash": options.erase_flash,
+            "reconnect_after": options.reconnect_after,
+        }
+
+    async def cancel(self) -> None:
+        """Stop the flash at once (esptool is terminated); the status ends "failed", "Flash cancelled".
+
+        :raises NoJobError: no flash is running
+        """
+        task = self._task
+        if task is None or task.done():
+            raise NoJobError("no USB flash of the master is running")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def stop(self) -> None:
+        """Daemon shutdown: a running flash is cancelled."""
+        with contextlib.suppress(NoJobError):
+            await self.cancel()
+
+    # ---- the job ------------------------------------------------------------------------------------
+
+    async def _run(self, options: FlashOptions) -> None:
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        try:
+            await self._flash(options, tail)
+        except asyncio.CancelledError:
+            _LOGGER.warning("usb: flash of the master cancelled", extra={"UC2_CAN_ID": MASTER_CAN_ID})
+            self.status.cancelled()
+            raise
+        except Uc2otadError as err:
+            _LOGGER.warning(
+                "usb: flash of the master failed: %s: %s", type(err).__name__, err,
+                extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "failed"},
+            )  # fmt: skip
+            if tail:
+                _LOGGER.debug("usb: esptool's last lines:\n%s", "\n".join(tail))
+            self.status.fail(err)
+        except Exception as err:  # a bug: the status must still end, and the traceback be seen
+            _LOGGER.exception("usb: flash of the master: unexpected error")
+            self.status.fail(Uc2otadError(f"internal error: {type(err).__name__}"))
+
+    async def _flash(self, options: FlashOptions, tail: deque[str]) -> None:
+        # 1. everything that can fail without touching the board or the link
+        ports = await list_serial_ports()
+        port = choose_port(requested=options.port, hat_port=self._hat_port, match=options.match, ports=ports)
+        tool = Esptool(port, baud=options.baud, settings=self._settings.esptool, on_line=tail.append)
+        await tool.check_available()
+        await check_port_access(port)
+        self.status.learn(port=port)
+        self.status.step(UsbStep.DISCONNECTING)
+        async with self._released():
+            # 2. the image
+            self.status.step(UsbStep.DOWNLOADING)
+            path, name = await self._obtain(options)
+            self.status.learn(firmware=name)
+            self.status.step(UsbStep.DOWNLOADED, firmware=name)
+            self.status.step(UsbStep.USING_PORT, port=port)
+            # 3. the board, and the rules
+            plan = await self._plan(tool, options, ports, path, name)
+            # 4. erase and write
+            if plan.erase:
+                self.status.step(UsbStep.ERASING)
+                await tool.erase(plan.chip)
+                self.status.step(UsbStep.ERASED)
+            self.status.step(UsbStep.WRITING)
+            await tool.write(plan, path, self.status.write_progress)
+            self.status.step(UsbStep.WRITTEN)
+            _LOGGER.info(
+                "usb: master written port=%s image=%s offset=0x%x size=%d version=%s",
+                port, name, plan.offset, plan.size, plan.version or "-",
+                extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "written"},
+            )  # fmt: skip
+            await asyncio.sleep(self._settings.reboot_wait)  # the board boots before the link looks
+        # 5. the link back, and proof of the new image
+        if not options.reconnect_after:
+            self.status.step(UsbStep.FLASHED)
+            return
+        self.status.step(UsbStep.RECONNECTING)
+        identity = await self._confirm(plan)
+        self.status.learn(firmware_version=identity.version)
+        self.status.step(UsbStep.SUCCESS)
+        _LOGGER.info(
+            "usb: master runs its new image version=%s build=%s",
+            identity.version or "-", identity.build_date,
+            extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "success"},
+        )  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _released(self) -> AsyncIterator[None]:
+        if self._master is None:
+            yield
+            return
+        async with self._master.released("USB flashing of the master"):
+            yield
+
+    async def _obtain(self, options: FlashOptions) -> tuple[Path, str]:
+        """The master image in the cache: named, or the catalog's (merged when erasing; CONTRACT.md §4).
+
+        :raises FirmwareError: not on the server, not downloadable
+        """
+        repository = self._repository()
+        catalog = await repository.catalog()
+        resolved = catalog.resolve_master(name=options.firmware, merged=options.erase_flash)
+        cached = await repository.cache.fetch(repository.server, resolved.file, resolved.promise)
+        _LOGGER.info("usb: master image=%s source=%s size=%d", cached.name, resolved.source, cached.size)
+        return cached.path, cached.name
+
+    async def _plan(
+        self, tool: Esptool, options: FlashOptions, ports: list[SerialPort], path: Path, name: str
+    ) -> FlashPlan:
+        """Probe the board, then check the image against it (no byte is written before this returns).
+
+        :raises ImageRefusedError: a rule is broken, or the board is not the chip its adapter says
+        """
+        data = await asyncio.to_thread(path.read_bytes)
+
+        def check(board_chip: str | None, flash_size: int | None) -> FlashPlan:
+            return plan_flash(
+                data,
+                name=name,
+                board_chip=board_chip,
+                flash_size=flash_size,
+                flash_offset=options.flash_offset,
+                erase_flash=options.erase_flash,
+            )
+
+        await asyncio.to_thread(check, None, None)  # what the image alone decides: before the board is asked
+        chip = None if options.chip == "auto" else normalize_chip_name(options.chip)
+        if chip is None:
+            chip = chip_for_usb_id(*await usb_identity(tool.port, ports))
+        probe = await tool.probe(chip)
+        self.status.learn(chip=probe.chip)
+        plan = await asyncio.to_thread(check, probe.chip, probe.flash_size)
+        self.status.learn(flash_offset=plan.offset)
+        return plan
+
+    async def _confirm(self, plan: FlashPlan) -> MasterIdentity:
+        """Wait for the master link and ask ``/state_get`` until the new image answers, within the window.
+
+        :raises ReconnectError: no master answered in time, or it runs another image
+        """
+        if self._master is None:
+            raise ReconnectError("no HAT link is configured (serial.port): nothing to reconnect to")
+        window = self._settings.reconnect_window
+        last: Exception | None = None
+        try:
+            async with asyncio.timeout(window):
+                while True:
+                    try:
+                        await self._master.wait_connected()
+                        async with self._master.use("confirming the new master image") as link:
+                            identity = await link.get_identity()
+                        break
+                    except LinkError as err:
+                        last = err
+                        await asyncio.sleep(CONFIRM_RETRY_DELAY)
+        except TimeoutError as err:
+            reason = f" (last: {last})" if last else ""
+            raise ReconnectError(f"the master did not answer /state_get within {window}s{reason}") from err
+        if plan.version and identity.version and identity.version != plan.version:
+            raise ReconnectError(
+                f"the master answers, running version={identity.version}, not {plan.version}"
+            )
+        if not plan.version and plan.build and identity.build_date != plan.build:
+            raise ReconnectError(f"the master answers, built {identity.build_date}, not {plan.build}")
+        return identity

@@ -1,0 +1,122 @@
+"""The WiFi method (legacy firmware): the procedure document's workflow, step by step.
+
+The master relays a CAN command that makes the slave join WiFi and start ArduinoOTA (``uc2-stack.md``
+§2.3); the daemon then uploads the image over the network and waits for the board to come back on the
+bus with it. Status sequence (CONTRACT.md §2)::
+
+    command_sent → wifi_connected (ip, hostname) → downloading → uploading 0…90 → verifying → success
+
+The download starts at once and overlaps the WiFi join (5 to 10 s on hardware); "downloading" marks the
+phase that ends with a verified image in the cache. The link is borrowed only for the command and for
+each verification scan, never for the upload, so that the boards of a batch can upload in parallel
+while commands on the CAN link stay serialised.
+
+Main constraint: the WiFi password goes to the master and nowhere else; it is in no log, status or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from uc2otad.firmware.repository import VerifiedImage
+from uc2otad.links.commands import ScanResult
+from uc2otad.links.serial_hat import SerialHatLink
+from uc2otad.methods.arduino_ota import ARDUINO_OTA_PORT, ArduinoOtaUploader, UploadSettings
+from uc2otad.methods.base import Job, Phase
+from uc2otad.methods.ordered import ordered_updates
+from uc2otad.methods.verify import VerifySettings, await_new_image
+
+LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
+
+
+@dataclass(frozen=True)
+class WifiCredentials:
+    """The network the slave joins; the password never shows in a repr."""
+
+    ssid: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WifiMethodSettings:
+    #: how long the slave serves ArduinoOTA before it reboots (the StartOTA ``timeout`` option)
+    window_ms: int = 300_000
+    #: the slaves' ArduinoOTA UDP port
+    ota_port: int = ARDUINO_OTA_PORT
+    upload: UploadSettings = field(default_factory=UploadSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
+
+
+class WifiMethod:
+    """Trigger the slave's WiFi OTA through a legacy master, then upload with ArduinoOTA."""
+
+    name = "wifi"
+
+    def __init__(
+        self,
+        use_link: LinkUse,
+        obtain: Callable[[], Awaitable[VerifiedImage]],
+        credentials: WifiCredentials,
+        settings: WifiMethodSettings | None = None,
+        *,
+        upload_slot: AbstractAsyncContextManager[object] | None = None,
+    ) -> None:
+        """
+        :param use_link: borrows the master link for the purpose named
+        :param obtain: the board's image, resolved, cached and checked
+        :param upload_slot: held around the upload (a batch's ``parallel`` limit); none by default
+        """
+        self._use_link = use_link
+        self._obtain = obtain
+        self._credentials = credentials
+        self._settings = settings or WifiMethodSettings()
+        self._upload_slot = upload_slot or contextlib.nullcontext()
+
+    async def run(self, job: Job) -> None:
+        downloading = asyncio.ensure_future(self._obtain())  # overlaps the WiFi join
+        try:
+            async with self._use_link(f"WiFi OTA of node {job.can_id}") as link:
+                await job.status.advance(Phase.COMMAND_SENT)
+                joined = await link.start_wifi_ota(
+                    job.can_id,
+                    self._credentials.ssid,
+                    self._credentials.password,
+                    timeout_ms=self._settings.window_ms,
+                    on_accepted=job.accepted,
+                )
+            await job.status.advance(
+                Phase.WIFI_CONNECTED, ip=joined.ip, hostname=joined.hostname, statusMsg=joined.status_msg
+            )
+            await job.status.advance(Phase.DOWNLOADING)
+            image = await downloading
+            job.obtained(image)
+        finally:
+            await _settle(downloading)
+        data = await asyncio.to_thread(image.path.read_bytes)
+        uploader = ArduinoOtaUploader(joined.ip, port=self._settings.ota_port, settings=self._settings.upload)
+        async with self._upload_slot, ordered_updates() as updates:
+            await uploader.upload(
+                data, filename=image.name, progress=lambda percent: updates(job.status.progress(percent))
+            )
+            job.committed()  # the board said "OK": MD5 checked, boot partition set, it reboots now
+            await updates.drain()
+        await job.status.advance(Phase.VERIFYING)
+        evidence = await await_new_image(self._scan, job.can_id, image.info, self._settings.verify)
+        await job.status.succeed(verification=evidence, firmware_version=image.version)
+
+    async def _scan(self) -> ScanResult:
+        async with self._use_link("verifying an update") as link:
+            return await link.scan()
+
+
+async def _settle(download: asyncio.Future[VerifiedImage]) -> None:
+    """Stop a download nobody waits for any more, and let it finish stopping (its worker thread too)."""
+    if not download.done():
+        download.cancel()
+    await asyncio.wait({download})
+    if not download.cancelled():
+        download.exception()  # retrieved: after a failed trigger, its outcome is not what the user needs
