@@ -39,6 +39,12 @@ def proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """KiB by field: ``Pss`` (shared pages split among their users), ``Private_Clean``/``Private_Dirty``."""
+    lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    return {name.rstrip(":"): int(value) for name, value, *_ in (line.split() for line in lines)}
+
+
 def context_switches(pid: int) -> int:
     """Voluntary + involuntary context switches of every thread: each one is a wake-up."""
     total = 0
@@ -69,6 +75,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle to count wake-ups")
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--with-master", action="store_true", help="connect to a virtual microscope")
+    parser.add_argument("--program", help="an installed uc2otad to measure, e.g. /usr/bin/uc2otad")
     args = parser.parse_args()
 
     bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
@@ -91,7 +98,8 @@ def main() -> int:
                 assert simulator.stdout is not None
                 flags = ("--serial-port", json.loads(simulator.stdout.readline())["serial_link"])
             ready_times = []
-            daemon = DaemonProcess(workdir, bus.address, args=flags, env=bytecode)
+            program = (args.program,) if args.program else (sys.executable, "-m", "uc2otad.daemon")
+            daemon = DaemonProcess(workdir, bus.address, args=flags, env=bytecode, program=program)
             for _ in range(args.starts):
                 start = time.perf_counter()
                 daemon.start()
@@ -101,6 +109,7 @@ def main() -> int:
             pid = daemon.pid
             timings = asyncio.run(round_trips(bus.address, args.calls))
             rss_kib = int(proc_status(pid)["VmRSS"].split()[0])
+            memory = smaps_rollup(pid)
             before = context_switches(pid)
             time.sleep(args.idle)
             wakeups = context_switches(pid) - before
@@ -110,19 +119,35 @@ def main() -> int:
             if simulator is not None:
                 terminate(simulator)
 
+    print_table(
+        args, ready_times=ready_times, timings=timings, rss_kib=rss_kib, memory=memory, wakeups=wakeups
+    )
+    return 0
+
+
+def print_table(
+    args: argparse.Namespace,
+    *,
+    ready_times: list[float],
+    timings: list[float],
+    rss_kib: int,
+    memory: dict[str, int],
+    wakeups: int,
+) -> None:
     timings.sort()
     p50 = statistics.median(timings) * 1000
     p99 = timings[int(len(timings) * 0.99) - 1] * 1000
+    private = memory["Private_Clean"] + memory["Private_Dirty"]
     print("| measure | value | target |")
     print("|---|---|---|")
     print(f"| idle RSS after READY | {rss_kib / 1024:.1f} MiB ({rss_kib * 1024 / 1e6:.1f} MB) | <= 30 MB |")
+    print(f"| of which private (USS) / PSS | {private / 1024:.1f} / {memory['Pss'] / 1024:.1f} MiB | |")
     print(
         f"| start to READY=1 (median of {args.starts}) | {statistics.median(ready_times):.3f} s | <= 0.3 s |"
     )
     print(f"| GetStatus round trip p50 / p99 ({args.calls} calls) | {p50:.2f} / {p99:.2f} ms | p99 <= 5 ms |")
     master = "a master connected" if args.with_master else "no master"
     print(f"| wake-ups in {args.idle:.0f} s idle, {master}, no watchdog | {wakeups} | 0 periodic |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ class DaemonProcess:
         *,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        program: tuple[str, ...] = (sys.executable, "-m", "uc2otad.daemon"),
     ) -> None:
+        """:param program: how to run uc2otad (an installed ``/usr/bin/uc2otad``, for a benchmark)"""
+        self.program = program
         self.workdir = workdir
         self.bus_address = bus_address
         self.args = args
@@ -62,9 +65,7 @@ class DaemonProcess:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "uc2otad.daemon",
+                    *self.program,
                     "--session",
                     "--config",
                     str(self.config),

@@ -195,8 +195,9 @@ class OTA1Interface(ServiceInterface):
 
     @signal(name="OTAStatusChanged")
     @dbus_types("u", "a{sv}", returns="ua{sv}")
-    def ota_status_changed(self, can_id: int, status: VariantDict) -> tuple[int, VariantDict]:
-        return can_id, status
+    def ota_status_changed(self, can_id: int, status: VariantDict) -> list[Any]:
+        # a list, not a tuple: dbus-fast 1.84 (Debian 12) takes only a list for a signal's arguments
+        return [can_id, status]
 
     @signal(name="USBFlashStatusChanged")
     @dbus_types("a{sv}", returns="a{sv}")

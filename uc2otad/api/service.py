@@ -8,12 +8,14 @@ that left the bus, crashed or not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from dbus_fast import BusType, Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 
 from uc2otad.api import names
+from uc2otad.api.compat_bus import CompatBus
 from uc2otad.api.interface import CALLER, OTA1Interface
 from uc2otad.engine.core import Engine
 from uc2otad.errors import Uc2otadError
@@ -38,7 +40,7 @@ class DBusService:
 
     async def start(self) -> None:
         """:raises BusNameTakenError: the name is owned by someone else"""
-        bus = await MessageBus(bus_type=self._bus_type).connect()
+        bus = await CompatBus(bus_type=self._bus_type).connect()
         self._bus = bus
         bus.add_message_handler(self._on_message)
         await bus.call(
@@ -65,9 +67,11 @@ class DBusService:
             self._interface.close()
             self._interface = None
         if self._bus is not None:
-            self._bus.disconnect()
-            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-            self._bus = None
+            bus, self._bus = self._bus, None
+            bus.disconnect()
+            # a bus that went away first (dbus-daemon stopped) reports how it ended: nothing left to leave
+            with contextlib.suppress(EOFError, OSError):
+                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     def _on_message(self, message: Message) -> None:
         if message.message_type is MessageType.METHOD_CALL and message.sender:

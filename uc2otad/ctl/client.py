@@ -15,6 +15,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from uc2otad.api import names
+from uc2otad.api.compat_bus import CompatBus
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,7 +77,8 @@ class DaemonClient:
     async def connect(cls, bus_type: BusType) -> DaemonClient:
         """:raises CtlError: no bus to connect to (exit 5)"""
         try:
-            bus = await MessageBus(bus_type=bus_type).connect()
+            # CompatBus: Debian 12's dbus-fast mis-sizes non-ASCII strings (an SSID, an inhibit reason)
+            bus = await CompatBus(bus_type=bus_type).connect()
         except (OSError, ValueError, DBusError) as err:
             kind = bus_type.name.lower()
             raise CtlError(

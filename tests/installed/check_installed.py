@@ -1,0 +1,954 @@
+"""Check the INSTALLED uc2otad package: files and modes, the bus policy, who may do what, where secrets go.
+
+Run as root with the system's interpreter, after ``apt-get install ./uc2otad_*.deb`` (tests/installed/run
+does both)::
+
+    /usr/bin/python3 tests/installed/check_installed.py --sim .venv/bin/uc2otad-sim \
+        --sim-python .venv/bin/python
+
+It starts a private system-type dbus-daemon whose policy is the default one of Debian's system bus plus
+the installed ``/usr/share/dbus-1/system.d/org.openuc2.OTA1.conf``, the virtual microscope (a legacy
+master, so that an update takes the WiFi method and the WiFi password travels), and the installed
+``/usr/bin/uc2otad`` against both, as root, with the unit's UMask and the real /var/lib and /var/cache
+folders. Then, as users it creates: an unprivileged user reads the status but is refused every other
+method with ``org.freedesktop.DBus.Error.AccessDenied``; a member of group ``uc2ota`` stores WiFi
+credentials and updates a board through ``uc2otactl``; the password is found in no reply, property,
+signal, log line, journal entry or file the unprivileged user can read.
+
+Not collected by pytest (no ``test_`` prefix): it needs root, the installed package and Debian's
+python3-dbus-fast. The same file is the client the other users run (``client …`` sub-commands), so
+each check is one real D-Bus connection with that user's credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+BUS_NAME = "org.openuc2.OTA1"
+OBJECT_PATH = "/org/openuc2/OTA1"
+INSTALLED_POLICY = Path("/usr/share/dbus-1/system.d/org.openuc2.OTA1.conf")
+INSTALLED_ACTIVATION = Path("/usr/share/dbus-1/system-services/org.openuc2.OTA1.service")
+INSTALLED_INTERFACE = Path("/usr/share/dbus-1/interfaces/org.openuc2.OTA1.xml")
+INSTALLED_UNIT = Path("/lib/systemd/system/uc2otad.service")
+DAEMON = Path("/usr/bin/uc2otad")
+CTL = Path("/usr/bin/uc2otactl")
+SITE_PACKAGES = "/usr/lib/python3/dist-packages/"
+STATE_DIR = Path("/var/lib/uc2otad")
+CACHE_DIR = Path("/var/cache/uc2otad")
+CONFIG_DIR = Path("/etc/uc2otad")
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+GROUP = "uc2ota"
+#: the users this check creates (and removes again if it created them)
+READER = "uc2o-reader"
+OPERATOR = "uc2o-operator"
+#: methods everyone may call (docs/security.md); every other method of the interface is for uc2ota and root
+PUBLIC_METHODS = frozenset(
+    {
+        "GetStatus",
+        "GetAllStatus",
+        "GetHistory",
+        "ListFirmware",
+        "ScanDevices",
+        "ListSerialPorts",
+        "GetUSBFlashStatus",
+    }
+)
+#: one well-typed call of each restricted method: (member, signature, JSON arguments)
+RESTRICTED_CALLS: tuple[tuple[str, str, list[Any]], ...] = (
+    ("StartOTA", "ua{sv}", [11, {}]),
+    ("StartMultipleOTA", "aua{sv}", [[11, 20], {}]),
+    ("Cancel", "u", [11]),
+    ("FlashMaster", "a{sv}", [{}]),
+    ("SetWiFiCredentials", "ss", ["intruder-net", "intruder-pass"]),
+    ("SetFirmwareServer", "s", ["http://127.0.0.1:9/firmware"]),
+    ("ClearFirmwareCache", "", []),
+    ("Inhibit", "s", ["not allowed"]),
+    ("Uninhibit", "s", ["0"]),
+)
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+#: owner, group, mode of what the package installs or creates (docs/security.md "Files")
+EXPECTED_MODES: dict[Path, tuple[str, str, int]] = {
+    CONFIG_DIR: ("root", "root", 0o755),
+    CONFIG_DIR / "uc2otad.toml": ("root", "root", 0o644),
+    STATE_DIR: ("root", "root", 0o700),
+    CACHE_DIR: ("root", "root", 0o700),
+    INSTALLED_POLICY: ("root", "root", 0o644),
+    INSTALLED_ACTIVATION: ("root", "root", 0o644),
+    INSTALLED_INTERFACE: ("root", "root", 0o644),
+    INSTALLED_UNIT: ("root", "root", 0o644),
+    Path("/usr/lib/sysusers.d/uc2otad.conf"): ("root", "root", 0o644),
+    Path("/usr/lib/tmpfiles.d/uc2otad.conf"): ("root", "root", 0o644),
+    DAEMON: ("root", "root", 0o755),
+    CTL: ("root", "root", 0o755),
+}
+#: seconds a program may take to say it is ready (bus address, simulator line, READY=1)
+START_TIMEOUT = 30.0
+#: seconds a whole update of one small image on the fast virtual microscope may take
+UPDATE_TIMEOUT = 90.0
+#: seconds one client call may take
+CALL_TIMEOUT = 30.0
+#: WATCHDOG_USEC given to the daemon: it must ping every second (half of it)
+WATCHDOG_USEC = 2_000_000
+CAN_ID = 11
+SSID = "uc2-check"
+
+#: the default policy of Debian's /usr/share/dbus-1/system.conf, with our policy file included
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+class CheckFailedError(Exception):
+    """One check failed; the message says what was expected and what was found."""
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailedError(message)
+
+
+def passed(message: str) -> None:
+    print(f"ok   {message}", flush=True)
+
+
+# ---- the client side: run as the user under test ------------------------------------------------------
+
+
+def _to_dbus(signature: str, value: Any) -> Any:
+    """JSON → dbus-fast values for the few signatures the checks use."""
+    from dbus_fast import Variant  # noqa: PLC0415 - the root side must not need dbus-fast before it checks
+
+    kinds = {bool: "b", int: "u", str: "s"}
+    if signature == "a{sv}":
+        return {key: Variant(kinds[type(item)], item) for key, item in value.items()}
+    if signature == "v":
+        return Variant(kinds[type(value)], value)
+    return value
+
+
+def _split_signature(signature: str) -> list[str]:
+    """'ua{sv}' → ['u', 'a{sv}'] (only the forms the checks use)."""
+    return re.findall(r"a\{sv\}|au|as|[usbv]", signature)
+
+
+def _plain(value: Any) -> Any:
+    """dbus-fast values → JSON values."""
+    from dbus_fast import Variant  # noqa: PLC0415
+
+    if isinstance(value, Variant):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
+
+
+async def _client_call(interface: str, member: str, signature: str, arguments: list[Any]) -> dict[str, Any]:
+    from dbus_fast import BusType, Message, MessageType  # noqa: PLC0415
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    destination, path = BUS_NAME, OBJECT_PATH
+    if interface.startswith("org.freedesktop.DBus") and member in {"BecomeMonitor"}:
+        destination, path = "org.freedesktop.DBus", "/org/freedesktop/DBus"
+    body = [_to_dbus(kind, value) for kind, value in zip(_split_signature(signature), arguments, strict=True)]
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination=destination,
+                    path=path,
+                    interface=interface,
+                    member=member,
+                    signature=signature,
+                    body=body,
+                )
+            ),
+            CALL_TIMEOUT,
+        )
+    finally:
+        bus.disconnect()
+    assert reply is not None
+    if reply.message_type is MessageType.ERROR:
+        return {"error": reply.error_name, "message": _plain(reply.body)}
+    return {"ok": _plain(reply.body)}
+
+
+async def _client_listen() -> list[dict[str, Any]]:
+    """Every signal of the daemon until stdin closes; prints "ready" once subscribed."""
+    from dbus_fast import BusType, Message, MessageType  # noqa: PLC0415
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    received: list[dict[str, Any]] = []
+
+    def on_message(message: Message) -> None:
+        if message.message_type is MessageType.SIGNAL and message.path == OBJECT_PATH:
+            received.append({"member": message.member, "body": _plain(message.body)})
+
+    bus.add_message_handler(on_message)
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[f"type='signal',path='{OBJECT_PATH}'"],
+        )
+    )
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    bus.disconnect()
+    return received
+
+
+def _client_files(paths: list[str]) -> dict[str, list[str]]:
+    """What this user can open under ``paths``, and which of those hold the secret (read from stdin)."""
+    secret = sys.stdin.read().encode()
+    found: dict[str, list[str]] = {"readable": [], "denied": [], "secret_in": []}
+    for top in paths:
+        for path in _walk(Path(top), found["denied"]):
+            try:
+                data = path.read_bytes()
+            except PermissionError:
+                found["denied"].append(str(path))
+                continue
+            except OSError:  # a socket, a vanished file
+                continue
+            found["readable"].append(str(path))
+            if secret in data:
+                found["secret_in"].append(str(path))
+    return found
+
+
+def _walk(top: Path, denied: list[str]) -> Iterator[Path]:
+    if top.is_symlink() or not top.exists():
+        return
+    if not top.is_dir():
+        yield top
+        return
+    try:
+        children = sorted(top.iterdir())
+    except PermissionError:
+        denied.append(str(top))
+        return
+    for child in children:
+        yield from _walk(child, denied)
+
+
+def client_main(argv: list[str]) -> int:
+    command, *rest = argv
+    result: Any
+    if command == "call":
+        interface, member, signature, arguments = rest
+        result = asyncio.run(_client_call(interface, member, signature, json.loads(arguments)))
+    elif command == "listen":
+        result = asyncio.run(_client_listen())
+    elif command == "files":
+        result = _client_files(rest)
+    else:
+        raise SystemExit(f"unknown client command {command!r}")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+# ---- the root side: set up, run the checks as other users, clean up ------------------------------------
+
+
+@dataclass
+class User:
+    name: str
+    created: bool
+
+
+@dataclass
+class Setup:
+    """Everything started or created, so that it can be stopped and removed whatever happens."""
+
+    folder: Path
+    bus_address: str = ""
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+    users: list[User] = field(default_factory=list)
+    journal: JournalCapture | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+    notify: socket.socket | None = None
+    notifications: list[str] = field(default_factory=list)
+
+
+class JournalCapture:
+    """Stands in for journald on a machine without it (CI): binds its native socket, keeps every entry.
+
+    The daemon picks the journal when the socket exists, so this sees what journald would store.
+    """
+
+    def __init__(self, path: Path, log_path: Path) -> None:
+        self.path = path
+        self.log_path = log_path
+        self.entries: list[dict[str, str]] = []
+        self.raw = bytearray()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                datagram = self._socket.recv(1 << 20)
+            except OSError:
+                return
+            if not datagram:
+                return
+            self.raw += datagram
+            try:
+                entry = parse_journal_entry(datagram)
+            except (ValueError, struct.error) as err:  # keep receiving: a stalled reader blocks the daemon
+                entry = {"MESSAGE": f"(unparsable entry: {err})"}
+            self.entries.append(entry)
+            with self.log_path.open(
+                "a"
+            ) as log:  # for a person reading a failure (the password is never there)
+                log.write(f"{entry.get('PRIORITY')} {entry.get('LOGGER')}: {entry.get('MESSAGE')}\n")
+
+    def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(5)
+        self.path.unlink(missing_ok=True)
+
+
+def parse_journal_entry(datagram: bytes) -> dict[str, str]:
+    """The journal's native protocol: ``KEY=value\\n``, or ``KEY\\n`` + little-endian u64 length + value."""
+    fields: dict[str, str] = {}
+    offset = 0
+    while offset < len(datagram):
+        end = datagram.index(b"\n", offset)
+        line = datagram[offset:end]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            offset = end + 1
+        else:
+            key = line
+            (size,) = struct.unpack_from("<Q", datagram, end + 1)
+            value = datagram[end + 9 : end + 9 + size]
+            offset = end + 9 + size + 1
+        fields[key.decode()] = value.decode(errors="replace")
+    return fields
+
+
+def run_as(
+    user: str, *args: str, stdin: str = "", timeout: float = CALL_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """``args`` as ``user`` with that user's groups (setpriv), on the private bus, in ``/``."""
+    command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *args]
+    return subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+        env=_user_env(user),
+        check=False,
+    )
+
+
+def _user_env(user: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "USER": user,
+        "LANG": "C.UTF-8",
+        "DBUS_SYSTEM_BUS_ADDRESS": os.environ["DBUS_SYSTEM_BUS_ADDRESS"],
+    }
+
+
+def client(user: str, *args: str, stdin: str = "") -> Any:
+    """Run this file's client mode as ``user``; its JSON answer."""
+    result = run_as(
+        user, "/usr/bin/python3", "-I", str(Path(__file__).resolve()), "client", *args, stdin=stdin
+    )
+    expect(result.returncode == 0, f"client {args} as {user} exited {result.returncode}: {result.stderr}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def call(
+    user: str, interface: str, member: str, signature: str = "", arguments: list[Any] | None = None
+) -> Any:
+    return client(user, "call", interface, member, signature, json.dumps(arguments or []))
+
+
+# ---- set-up steps --------------------------------------------------------------------------------------
+
+
+def ensure_user(name: str, groups: list[str]) -> User:
+    try:
+        pwd.getpwnam(name)
+        created = False
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
+            check=True,
+        )
+        created = True
+    if groups:
+        subprocess.run(["usermod", "--append", "--groups", ",".join(groups), name], check=True)
+    return User(name, created)
+
+
+def start_bus(setup: Setup) -> None:
+    config = setup.folder / "system-bus.conf"
+    config.write_text(BUS_CONFIG.format(socket=setup.folder / "system_bus_socket", policy=INSTALLED_POLICY))
+    log = (setup.folder / "bus.log").open("ab")
+    process = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    setup.processes.append(process)
+    assert process.stdout is not None
+    setup.bus_address = process.stdout.readline().strip()
+    expect(bool(setup.bus_address), "dbus-daemon printed no address")
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = setup.bus_address
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_microscope(setup: Setup, args: argparse.Namespace, secret: str, ota_port: int) -> dict[str, Any]:
+    """A legacy master (WiFi method) with boards 11 and 20, and a firmware folder newer than they run."""
+    private = setup.folder / "private"
+    private.mkdir(mode=0o700)
+    firmware = setup.folder / "firmware"
+    subprocess.run(
+        [args.sim_python, str(Path(__file__).with_name("sim_firmware.py")), str(firmware), str(CAN_ID), "20"],
+        check=True,
+    )
+    config = private / "microscope.toml"
+    config.write_text(
+        f'[master]\nkind = "legacy"\n[wifi]\nssid = "{SSID}"\npassword = "{secret}"\nota_port = {ota_port}\n'
+        "[timing]\nnode_boot_time = 0.1\nwifi_join_time = 0.05\nlegacy_scan_wait = 0.05\n"
+        "restart_delay = 0.1\n"
+    )
+    log = (setup.folder / "microscope.log").open("ab")
+    process = subprocess.Popen(
+        [
+            args.sim,
+            "--config",
+            str(config),
+            "--nodes",
+            f"{CAN_ID},20",
+            "--firmware-dir",
+            str(firmware),
+            "--serial-link",
+            str(setup.folder / "ttyHAT"),
+            "--quiet-master",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    setup.processes.append(process)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().strip()
+    expect(bool(line), f"uc2otad-sim did not start; see {setup.folder / 'microscope.log'}")
+    ready: dict[str, Any] = json.loads(line)
+    return ready
+
+
+def unit_umask() -> int:
+    """The UMask= of the installed unit: the daemon runs with it here as under systemd."""
+    match = re.search(r"^UMask=([0-7]+)$", INSTALLED_UNIT.read_text(), re.MULTILINE)
+    expect(match is not None, f"{INSTALLED_UNIT} sets no UMask=")
+    assert match is not None
+    return int(match.group(1), 8)
+
+
+def start_daemon(setup: Setup, microscope: dict[str, Any], ota_port: int) -> None:
+    """The installed daemon as root, as the unit starts it (plus test timings and the simulator's ports)."""
+    config = setup.folder / "uc2otad.toml"
+    config.write_text(
+        "[update]\nverify_settle = 0.3\nverify_interval = 0.1\nverify_window = 15.0\nretries = 0\n"
+        "[firmware]\nattempts = 1\n"
+        f"[wifi]\nota_port = {ota_port}\njoin_timeout = 5.0\ninvite_timeout = 1.0\nchunk_timeout = 5.0\n"
+        'host_ip = "127.0.0.1"\n'
+    )
+    notify_path = setup.folder / "notify.socket"
+    setup.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    setup.notify.bind(str(notify_path))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "DBUS_SYSTEM_BUS_ADDRESS": setup.bus_address,
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": str(WATCHDOG_USEC),
+    }
+    umask = unit_umask()
+    log = (setup.folder / "uc2otad.stderr").open("ab")
+    setup.daemon = subprocess.Popen(
+        [
+            str(DAEMON),
+            "--system",
+            "--config",
+            str(config),
+            "--serial-port",
+            microscope["serial_link"],
+            "--firmware-server",
+            microscope["firmware_server"],
+            "--log-level",
+            "debug",
+        ],
+        # the unit's UMask: set in the child before exec (this process runs only the journal thread then)
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=env,
+        cwd="/",
+        preexec_fn=lambda: os.umask(umask),  # noqa: PLW1509
+    )
+    wait_for_notification(setup, "READY=1")
+    wait_for_notification(setup, "WATCHDOG=1")
+    # from now on read every notification, as systemd does: an unread socket fills up after 10 datagrams
+    threading.Thread(target=_drain_notifications, args=(setup,), daemon=True).start()
+
+
+def _drain_notifications(setup: Setup) -> None:
+    assert setup.notify is not None
+    setup.notify.settimeout(None)
+    while True:
+        try:
+            message = setup.notify.recv(4096).decode()
+        except OSError:
+            return
+        if not message:
+            return
+        setup.notifications.append(message)
+
+
+def wait_for_notification(setup: Setup, line: str) -> None:
+    assert setup.notify is not None
+    setup.notify.settimeout(START_TIMEOUT)
+    while True:
+        try:
+            message = setup.notify.recv(4096).decode()
+        except TimeoutError:
+            raise CheckFailedError(
+                f"no {line} from uc2otad within {START_TIMEOUT}s; log: {setup.folder / 'uc2otad.stderr'}"
+            ) from None
+        if line in message.split("\n"):
+            return
+
+
+def stop_daemon(setup: Setup) -> int:
+    if setup.daemon is None:
+        return 0
+    setup.daemon.terminate()
+    try:
+        status = setup.daemon.wait(START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        setup.daemon.kill()
+        status = setup.daemon.wait()
+    setup.daemon = None
+    return status
+
+
+def tear_down(setup: Setup) -> None:
+    stop_daemon(setup)
+    for process in reversed(setup.processes):
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    if setup.notify is not None:
+        with contextlib.suppress(OSError):
+            setup.notify.shutdown(socket.SHUT_RDWR)
+        setup.notify.close()
+    if setup.journal is not None:
+        setup.journal.close()
+    for user in setup.users:
+        if user.created:
+            subprocess.run(["userdel", user.name], check=False)
+
+
+# ---- the checks ----------------------------------------------------------------------------------------
+
+
+def check_files() -> None:
+    for path, (owner, group, mode) in EXPECTED_MODES.items():
+        info = path.lstat()
+        found = (
+            pwd.getpwuid(info.st_uid).pw_name,
+            grp.getgrgid(info.st_gid).gr_name,
+            stat.S_IMODE(info.st_mode),
+        )
+        expect(
+            found == (owner, group, mode),
+            f"{path}: owner, group, mode {found[0]}, {found[1]}, {found[2]:04o}; documented "
+            f"{owner}, {group}, {mode:04o}",
+        )
+    passed(f"{len(EXPECTED_MODES)} installed files and folders have the documented owner, group and mode")
+    gid = grp.getgrnam(GROUP).gr_gid
+    expect(gid < 1000, f"group {GROUP} has gid {gid}, not a system group")
+    passed(f"group {GROUP} exists (gid {gid}, from sysusers.d)")
+
+
+def check_code() -> None:
+    """The daemon imports from the package's folder, with Debian's libraries; the simulator is not there."""
+    import importlib.util  # noqa: PLC0415
+
+    import dbus_fast  # noqa: PLC0415
+
+    import uc2otad  # noqa: PLC0415
+
+    expect(
+        uc2otad.__file__ is not None and uc2otad.__file__.startswith(SITE_PACKAGES),
+        f"uc2otad imported from {uc2otad.__file__}, not {SITE_PACKAGES}",
+    )
+    expect(importlib.util.find_spec("uc2otad.sim") is None, "the package ships uc2otad.sim")
+    dbus_fast_file = dbus_fast.__file__ or ""
+    expect(dbus_fast_file.startswith(SITE_PACKAGES), f"dbus_fast imported from {dbus_fast_file}")
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "python3-dbus-fast"], capture_output=True, text=True, check=True
+    ).stdout
+    passed(
+        f"/usr/bin/python3 {sys.version.split()[0]} runs uc2otad {uc2otad.__version__} from {SITE_PACKAGES} "
+        f"with Debian's python3-dbus-fast {version}; no simulator in the package"
+    )
+
+
+def check_policy_covers_interface() -> None:
+    """Every method of the installed interface is either public or restricted by the installed policy."""
+    methods = {node.get("name", "") for node in ET.parse(INSTALLED_INTERFACE).iter("method")}
+    policy = ET.parse(INSTALLED_POLICY).getroot()
+    public = {
+        rule.get("send_member", "")
+        for context in policy.iter("policy")
+        if context.get("context") == "default"
+        for rule in context.iter("allow")
+        if rule.get("send_interface") == BUS_NAME
+    }
+    restricted = {name for name, _, _ in RESTRICTED_CALLS}
+    expect(public == set(PUBLIC_METHODS), f"the policy lets everyone call {sorted(public)}")
+    expect(
+        methods == public | restricted,
+        f"interface methods {sorted(methods)} != public + restricted {sorted(public | restricted)}",
+    )
+    activation = INSTALLED_ACTIVATION.read_text()
+    for line in ("Name=org.openuc2.OTA1", "User=root", "SystemdService=uc2otad.service"):
+        expect(line in activation.splitlines(), f"{INSTALLED_ACTIVATION} lacks {line}")
+    passed(
+        f"policy: {len(public)} methods public, {len(restricted)} for root and {GROUP}; activation file "
+        "names uc2otad.service"
+    )
+
+
+def check_reader(secret: str) -> None:
+    """The unprivileged user: everything that reads works, everything else is AccessDenied by the bus."""
+    reads: list[tuple[str, str, str, list[Any]]] = [
+        (BUS_NAME, "GetStatus", "u", [CAN_ID]),
+        (BUS_NAME, "GetAllStatus", "", []),
+        (BUS_NAME, "GetHistory", "u", [0]),
+        (BUS_NAME, "ListFirmware", "", []),
+        (BUS_NAME, "ScanDevices", "", []),
+        (BUS_NAME, "ListSerialPorts", "", []),
+        (BUS_NAME, "GetUSBFlashStatus", "", []),
+        ("org.freedesktop.DBus.Properties", "GetAll", "s", [BUS_NAME]),
+        ("org.freedesktop.DBus.Properties", "Get", "ss", [BUS_NAME, "WiFiSSID"]),
+        ("org.freedesktop.DBus.Introspectable", "Introspect", "", []),
+        ("org.freedesktop.DBus.Peer", "Ping", "", []),
+    ]
+    for interface, member, signature, arguments in reads:
+        answer = call(READER, interface, member, signature, arguments)
+        expect("ok" in answer, f"{READER}: {member} refused: {answer}")
+        expect(secret not in json.dumps(answer), f"{READER}: {member}'s reply holds the WiFi password")
+    passed(f"{READER} (no groups): {len(reads)} reading calls answered, none with the WiFi password")
+    boards = call(READER, BUS_NAME, "ScanDevices")["ok"][0]
+    expect({CAN_ID, 20} <= {board["can_id"] for board in boards}, f"{READER}: ScanDevices found {boards}")
+    for member, signature, arguments in RESTRICTED_CALLS:
+        answer = call(READER, BUS_NAME, member, signature, arguments)
+        expect(
+            answer.get("error") == ACCESS_DENIED, f"{READER}: {member} answered {answer}, not {ACCESS_DENIED}"
+        )
+    answer = call(READER, "org.freedesktop.DBus.Properties", "Set", "ssv", [BUS_NAME, "WiFiSSID", "x"])
+    expect(answer.get("error") == ACCESS_DENIED, f"{READER}: Properties.Set answered {answer}")
+    passed(
+        f"{READER}: all {len(RESTRICTED_CALLS)} other methods and Properties.Set refused with {ACCESS_DENIED}"
+    )
+    answer = call(READER, "org.freedesktop.DBus.Monitoring", "BecomeMonitor", "asu", [[], 0])
+    expect(answer.get("error") == ACCESS_DENIED, f"{READER}: BecomeMonitor answered {answer}")
+    passed(f"{READER} cannot monitor the bus (BecomeMonitor refused), so cannot see other users' calls")
+    status = run_as(READER, str(CTL), "status")
+    expect(status.returncode == 0, f"{READER}: uc2otactl status exited {status.returncode}: {status.stderr}")
+    update = run_as(READER, str(CTL), "update", str(CAN_ID), "--no-wait")
+    expect(
+        update.returncode == 4 and ACCESS_DENIED in update.stderr,
+        f"{READER}: uc2otactl update exited {update.returncode}: {update.stderr}",
+    )
+    passed(f"{READER}: uc2otactl status exits 0, uc2otactl update exits 4 (not permitted)")
+
+
+def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
+    """The uc2ota member stores credentials and updates a board over WiFi while the reader listens."""
+    stored = run_as(OPERATOR, str(CTL), "set-wifi", SSID, stdin=secret + "\n")
+    expect(
+        stored.returncode == 0, f"{OPERATOR}: uc2otactl set-wifi exited {stored.returncode}: {stored.stderr}"
+    )
+    passed(f"{OPERATOR} (group {GROUP}): SetWiFiCredentials accepted (password on stdin)")
+    answer = call(OPERATOR, BUS_NAME, "StartOTA", "ua{sv}", [99, {}])
+    expect(
+        answer.get("error", "").startswith("org.openuc2.OTA1.Error."),
+        f"{OPERATOR}: StartOTA(99) answered {answer}, not the daemon's own error",
+    )
+    passed(f"{OPERATOR}: StartOTA reaches the daemon (CAN 99 → {answer['error']})")
+
+    listen_command = ["/usr/bin/python3", "-I", str(Path(__file__).resolve()), "client", "listen"]
+    listener = subprocess.Popen(
+        ["setpriv", f"--reuid={READER}", f"--regid={READER}", "--init-groups", *listen_command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
+        env=_user_env(READER),
+    )
+    setup.processes.append(listener)
+    assert listener.stdin is not None and listener.stdout is not None
+    expect(listener.stdout.readline().strip() == "ready", f"{READER}'s signal listener did not start")
+    update = run_as(
+        OPERATOR, str(CTL), "--json", "update", str(CAN_ID), "--method", "wifi", timeout=UPDATE_TIMEOUT
+    )
+    listener.stdin.close()
+    signals: list[dict[str, Any]] = json.loads(listener.stdout.read().splitlines()[-1])
+    listener.wait(START_TIMEOUT)
+    expect(
+        update.returncode == 0,
+        f"{OPERATOR}: uc2otactl update exited {update.returncode}: {update.stdout}{update.stderr}; "
+        f"logs in {setup.folder}",
+    )
+    result = json.loads(update.stdout)
+    board = result["boards"][str(CAN_ID)]
+    expect(board["result"] == "success" and board["status"]["status"] == "success", f"{OPERATOR}: {result}")
+    passed(f"{OPERATOR}: uc2otactl update {CAN_ID} --method wifi (StartOTA) updated the board")
+    expect(
+        any(entry["member"] == "OTAStatusChanged" for entry in signals),
+        f"{READER} received no status signals",
+    )
+    expect(secret not in json.dumps(signals), f"a signal {READER} received holds the WiFi password")
+    passed(f"{READER} received {len(signals)} signals during the update; none holds the WiFi password")
+    # the inhibit ends when its caller leaves the bus (this client, at once): Uninhibit then finds no cookie
+    cookie = call(OPERATOR, BUS_NAME, "Inhibit", "s", ["installed package check"])
+    expect("ok" in cookie, f"{OPERATOR}: Inhibit answered {cookie}")
+    released = call(OPERATOR, BUS_NAME, "Uninhibit", "s", cookie["ok"])
+    expect(
+        "ok" in released or released.get("error") == "org.openuc2.OTA1.Error.NotFound",
+        f"{OPERATOR}: Uninhibit answered {released}",
+    )
+    passed(f"{OPERATOR}: Inhibit and Uninhibit accepted")
+    return signals
+
+
+def check_secret_at_rest(setup: Setup, secret: str) -> None:
+    password_file = STATE_DIR / "wifi-password"
+    info = password_file.stat()
+    expect(password_file.read_text() == secret, f"{password_file} does not hold the password set")
+    expect(
+        (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600),
+        f"{password_file}: uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}",
+    )
+    for folder in (STATE_DIR, CACHE_DIR):
+        for path in folder.rglob("*"):
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            expect(
+                path.lstat().st_uid == 0 and mode & 0o077 == 0,
+                f"{path}: uid {path.lstat().st_uid}, {mode:04o}",
+            )
+            if path.is_file() and path != password_file:
+                expect(secret.encode() not in path.read_bytes(), f"{path} holds the WiFi password")
+    passed(
+        f"{password_file} is root's, 0600; every file in {STATE_DIR} and {CACHE_DIR} is root's with no "
+        "group or other bits; the password is in no other file there"
+    )
+    places = [str(STATE_DIR), str(CACHE_DIR), str(CONFIG_DIR), str(setup.folder), "/tmp", "/run"]
+    found = client(READER, "files", *places, stdin=secret)
+    expect(not found["secret_in"], f"{READER} can read the WiFi password in {found['secret_in']}")
+    expect(str(STATE_DIR) in found["denied"], f"{READER} can list {STATE_DIR}")
+    passed(
+        f"{READER} reads {len(found['readable'])} files under {', '.join(places)}: none holds the WiFi "
+        f"password; {STATE_DIR} is closed to it"
+    )
+    assert setup.daemon is not None
+    for name in ("cmdline", "environ"):
+        data = Path(f"/proc/{setup.daemon.pid}/{name}").read_bytes()
+        expect(secret.encode() not in data, f"the daemon's {name} holds the WiFi password")
+    passed("the password is in neither the daemon's command line nor its environment")
+
+
+def check_logs(setup: Setup, secret: str) -> None:
+    stderr = (setup.folder / "uc2otad.stderr").read_bytes()
+    expect(secret.encode() not in stderr, "the daemon's stderr holds the WiFi password")
+    if setup.journal is not None:
+        entries = setup.journal.entries
+        expect(bool(entries), "the daemon sent nothing to the journal socket")
+        expect(secret.encode() not in setup.journal.raw, "a journal entry holds the WiFi password")
+        board = [entry for entry in entries if entry.get("UC2_CAN_ID") == str(CAN_ID)]
+        expect(bool(board), f"no journal entry has UC2_CAN_ID={CAN_ID}")
+        expect(all(entry.get("SYSLOG_IDENTIFIER") == "uc2otad" for entry in entries), "SYSLOG_IDENTIFIER")
+        fields = sorted({key for entry in board for key in entry if key.startswith("UC2_")})
+        passed(
+            f"journal (debug level): {len(entries)} entries, {len(board)} with UC2_CAN_ID={CAN_ID} "
+            f"(fields {', '.join(fields)}); none holds the WiFi password"
+        )
+    else:
+        assert setup.daemon is not None
+        journal = subprocess.run(
+            ["journalctl", "--output=export", f"_PID={setup.daemon.pid}"], capture_output=True, check=False
+        ).stdout
+        expect(secret.encode() not in journal, "the journal holds the WiFi password")
+        passed("journald's entries of the daemon: none holds the WiFi password")
+
+
+def check_all(setup: Setup, args: argparse.Namespace) -> None:
+    check_files()
+    check_code()
+    check_policy_covers_interface()
+    setup.users += [ensure_user(READER, []), ensure_user(OPERATOR, [GROUP])]
+    secret = secrets.token_urlsafe(24)
+    if not JOURNAL_SOCKET.exists():
+        setup.journal = JournalCapture(JOURNAL_SOCKET, setup.folder / "journal.log")
+    start_bus(setup)
+    ota_port = free_udp_port()
+    microscope = start_microscope(setup, args, secret, ota_port)
+    start_daemon(setup, microscope, ota_port)
+    passed(
+        "the installed uc2otad owns org.openuc2.OTA1 on a system bus with the installed policy; "
+        "READY=1 and WATCHDOG=1 arrived"
+    )
+    check_reader(secret)
+    check_operator(setup, secret)
+    check_reader(secret)  # again, now that a password is stored and a board was updated
+    check_secret_at_rest(setup, secret)
+    status = stop_daemon(setup)
+    expect(status == 0, f"uc2otad exited {status} on SIGTERM")
+    expect(any("STOPPING=1" in message.split("\n") for message in setup.notifications), "no STOPPING=1")
+    passed("uc2otad sent STOPPING=1 and exited 0 on SIGTERM")
+    check_logs(setup, secret)
+
+
+class TerminatedError(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise TerminatedError("terminated (SIGTERM)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["client"]:
+        return client_main(arguments[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sim", required=True, help="uc2otad-sim (the repository's .venv/bin/uc2otad-sim)")
+    parser.add_argument("--sim-python", required=True, help="a Python with the repository's uc2otad")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) afterwards")
+    args = parser.parse_args(arguments)
+    if os.geteuid() != 0 or not DAEMON.exists() or shutil.which("setpriv") is None:
+        print("check_installed: needs root, the installed package and setpriv", file=sys.stderr)
+        return 2
+    # SIGTERM (a CI timeout) ends the checks like a failure: the users, sockets and programs are removed
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    folder = Path(tempfile.mkdtemp(prefix="uc2otad-installed-"))
+    folder.chmod(0o755)  # the other users reach the bus socket in here
+    setup = Setup(folder)
+    try:
+        check_all(setup, args)
+    except (CheckFailedError, subprocess.TimeoutExpired, TerminatedError) as err:
+        print(f"FAIL {err}", file=sys.stderr)
+        for log in sorted(folder.glob("*.log")) + sorted(folder.glob("*.stderr")):
+            with contextlib.suppress(OSError):
+                print(
+                    f"---- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-30:]),
+                    file=sys.stderr,
+                )
+        return 1
+    finally:
+        tear_down(setup)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    print("check_installed: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
