@@ -170,8 +170,12 @@ def build_app_image(
     segment_sizes: tuple[int, int, int, int] = (0x200, 0x100, 0x300, 0x500),
     flash_mode: int = DEFAULT_FLASH_MODE,
     flash_size_freq: int = DEFAULT_FLASH_SIZE_FREQ,
+    rodata: bytes = b"",
 ) -> bytes:
     """An application image: DROM (app descriptor + rodata), DRAM, IRAM, IROM.
+
+    ``rodata`` goes right after the descriptor (the strings a firmware generation carries, as
+    ``uc2otad.sim.profiles.rodata_for`` makes them); the DROM segment grows to hold it.
 
     ``segment_sizes`` are the DROM, DRAM, IRAM and IROM data lengths, rounded up to 4; DROM must be at
     least 256 when ``with_app_desc``. Without the descriptor the DROM segment holds plain rodata.
@@ -189,7 +193,7 @@ def build_app_image(
             time=time,
             secure_version=secure_version,
         )
-        drom = desc + _filler(drom_len - 256, f"{chip}-drom")
+        drom = desc + rodata + b"\0" * (-len(rodata) % 4) + _filler(drom_len - 256, f"{chip}-drom")
     else:
         drom = _filler(drom_len, f"{chip}-drom")
     dram = _filler(dram_len, f"{chip}-dram")

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=settings.SYSTEM_CONFIG_FILE, help="config file")
     parser.add_argument("--serial-port", dest="serial.port", metavar="URL", help="the CAN HAT's serial port")
     parser.add_argument("--baud", dest="serial.baud", type=int, metavar="N", help="its baud rate")
+    parser.add_argument(
+        "--capture", dest="serial.capture", metavar="FILE", help="record the link's traffic (JSON lines)"
+    )
     parser.add_argument("--firmware-server", dest="firmware.server", metavar="URL", help="firmware server")
     parser.add_argument("--state-dir", dest="daemon.state_dir", metavar="DIR", help="state directory")
     parser.add_argument("--cache-dir", dest="firmware.cache_dir", metavar="DIR", help="firmware cache")
@@ -56,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags = {key: value for key, value in vars(args).items() if "." in key and value is not None}
-    for key in ("daemon.state_dir", "firmware.cache_dir"):
-        if key in flags:
+    for key in ("daemon.state_dir", "firmware.cache_dir", "serial.capture"):
+        if flags.get(key):
             flags[key] = str(Path(flags[key]).absolute())
     try:
         config, persisted = settings.load(args.config, flags)

@@ -37,6 +37,7 @@ from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.manifest import MANIFEST_NAME
 from uc2otad.sim.app_image import build_app_image
 from uc2otad.sim.nodes import DEFAULT_NODE_IDS, DEFAULT_VERSION
+from uc2otad.sim.profiles import Profile, rodata_for
 
 #: the version the demo's firmware folder offers; the virtual boards start on DEFAULT_VERSION
 NEW_VERSION = "v2026.2.0"
@@ -263,7 +264,8 @@ def _firmware_folder(folder: Path) -> Path:
     for can_id in DEFAULT_NODE_IDS:
         name = table.candidates(can_id)[0]
         image = build_app_image(version=NEW_VERSION, date=NEW_BUILD_DATE, time=NEW_BUILD_TIME,
-                                size=IMAGE_SIZE, seed=name)  # fmt: skip
+                                size=IMAGE_SIZE, seed=name,
+                                rodata=rodata_for(Profile.FW_2026_09, NEW_VERSION))  # fmt: skip
         (folder / name).write_bytes(image)
         files[name] = {"size": len(image), "sha256": hashlib.sha256(image).hexdigest()}
     # the manifest the firmware build publishes (uc2-stack.md §4.3): the daemon knows each image's

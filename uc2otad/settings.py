@@ -11,6 +11,7 @@ lives only in a 0600 file in the state directory (:mod:`uc2otad.secrets`).
 Config file layout (every key optional)::
 
     [serial]   port = "/dev/serial/by-id/…"   baud = 921600   ownership = "exclusive" | "on-demand"
+               capture = "/var/lib/uc2otad/capture.jsonl"   (every byte on the link; "" = none)
     [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
                connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
     [catalog.images]  "11" = ["lab_motor_x.bin"]
@@ -79,6 +80,8 @@ class Settings:
     serial_port: str = ""
     serial_baud: int = DEFAULT_BAUD
     serial_ownership: PortOwnership = "exclusive"
+    #: a JSON-lines file that records the link's traffic (uc2otad/links/capture.py); None: no capture
+    serial_capture: Path | None = None
     firmware_server: str = DEFAULT_SERVER_URL
     firmware_cache_dir: Path = field(default_factory=default_cache_dir)
     firmware_connect_timeout: float = CONNECT_TIMEOUT
@@ -177,6 +180,10 @@ def _path(value: object, key: str) -> Path:
     return path
 
 
+def _optional_path(value: object, key: str) -> Path | None:
+    return _path(value, key) if _text(value, key) else None
+
+
 def _choice(*allowed: str) -> Callable[[object, str], str]:
     def parse(value: object, key: str) -> str:
         if not isinstance(value, str) or value not in allowed:
@@ -210,6 +217,7 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "serial.port": ("serial_port", _text),
     "serial.baud": ("serial_baud", _positive_int),
     "serial.ownership": ("serial_ownership", _choice("exclusive", "on-demand")),
+    "serial.capture": ("serial_capture", _optional_path),
     "firmware.server": ("firmware_server", _server),
     "firmware.cache_dir": ("firmware_cache_dir", _path),
     "firmware.connect_timeout": ("firmware_connect_timeout", _positive_float),

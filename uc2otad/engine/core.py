@@ -37,10 +37,11 @@ from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
+from uc2otad.links.capture import LinkCapture
 from uc2otad.links.commands import ScanResult
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS, WifiOtaSettings
 from uc2otad.links.serial_hat import HatSettings
-from uc2otad.methods.verify import VerifySettings
+from uc2otad.methods.verify import VerifySettings, same_release
 from uc2otad.retry import RetryPolicy
 from uc2otad.settings import Settings
 
@@ -151,7 +152,10 @@ class Engine:
         self._observers: list[Observer] = []
         self._inhibitors: dict[str, _Inhibitor] = {}
         self._settings_lock = asyncio.Lock()
-        hat = HatSettings(wifi_ota=WifiOtaSettings(event_timeout=config.wifi_join_timeout))
+        hat = HatSettings(
+            wifi_ota=WifiOtaSettings(event_timeout=config.wifi_join_timeout),
+            capture=LinkCapture(config.serial_capture) if config.serial_capture else None,
+        )
         self.master = (
             MasterConnection(
                 link_factory(config.serial_port, config.serial_baud, hat),
@@ -415,11 +419,17 @@ class Engine:
         if plan.method == "can":
             from uc2otad.methods.can import CanStreamMethod  # noqa: PLC0415 - on first use, see above
 
-            return CanStreamMethod(self.master.use, obtain, self._verify)
+            return CanStreamMethod(self.master.use, obtain, self._verify, before=plan.scan.node(can_id))
         from uc2otad.methods.wifi import WifiMethod  # noqa: PLC0415 - on first use, see above
 
         assert plan.credentials is not None  # _plan asks for them with the WiFi method
-        return WifiMethod(self.master.use, obtain, plan.credentials, self._wifi_settings(plan.window_ms))
+        return WifiMethod(
+            self.master.use,
+            obtain,
+            plan.credentials,
+            self._wifi_settings(plan.window_ms),
+            before=plan.scan.node(can_id),
+        )
 
     def _wifi_settings(self, window_ms: int) -> WifiMethodSettings:
         from uc2otad.methods.arduino_ota import UploadSettings  # noqa: PLC0415 - as the method, on first use
@@ -603,7 +613,7 @@ def _method_name(asked: str, identity: Any) -> str:
 def _is_current(scan: ScanResult, image: ResolvedImage) -> bool:
     """The board reports the very version the image carries (unknown either side: not current)."""
     node = scan.node(image.can_id)
-    return bool(node is not None and node.fw_version and image.version and node.fw_version == image.version)
+    return node is not None and same_release(node.fw_version, image.version)
 
 
 @dataclass(frozen=True)

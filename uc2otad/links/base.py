@@ -28,7 +28,7 @@ import re
 import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +41,7 @@ from uc2otad.errors import (
     LinkTimeoutError,
     MasterRebootedError,
 )
+from uc2otad.links.capture import LinkCapture
 from uc2otad.links.frames import FrameParser, FrameType, Item
 from uc2otad.links.reconnect import RECONNECT_POLICY, ReconnectLogic
 from uc2otad.links.redact import redacted, redacted_text
@@ -111,6 +112,8 @@ class LinkSettings:
     close_timeout: float = CLOSE_TIMEOUT
     event_queue_size: int = EVENT_QUEUE_SIZE
     reconnect: RetryPolicy = RECONNECT_POLICY
+    #: where every byte on the port is recorded (``serial.capture``); shared by the links a daemon makes
+    capture: LinkCapture | None = field(default=None, compare=False)
 
 
 class _Session(Generic[PortT]):
@@ -313,13 +316,19 @@ class Link(abc.ABC, Generic[PortT]):
     async def _open_port(self) -> PortT:
         """``_open`` in a worker thread. A thread cannot be stopped, so when we are cancelled meanwhile we
         wait for it and close the port it opened: "cancelled" must not leave a port open behind us."""
-        opening = asyncio.ensure_future(asyncio.to_thread(self._open))
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open_recorded))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
             with contextlib.suppress(LinkError):  # it failed to open: nothing to close
                 await asyncio.to_thread(self._close, await opening)
             raise
+
+    def _open_recorded(self) -> PortT:
+        port = self._open()
+        if self.settings.capture is not None:
+            self.settings.capture.record_open(self.name)
+        return port
 
     async def _reconnect_once(self) -> None:
         async with self._lifecycle:
@@ -349,6 +358,8 @@ class Link(abc.ABC, Generic[PortT]):
     def _stop_reader(self, port: PortT, reader: threading.Thread) -> None:
         self._interrupt(port)
         reader.join(self.settings.close_timeout)
+        if self.settings.capture is not None:
+            self.settings.capture.flush()
 
     def _set_state(self, state: LinkState) -> None:
         if state is not self._state:
@@ -397,7 +408,7 @@ class Link(abc.ABC, Generic[PortT]):
         """
         self._check_usable()
         _LOGGER.log(TRAFFIC, "%s: >> %d raw bytes", self.name, len(data))
-        await self._send(data)
+        await self._send(data, raw=True)
 
     def subscribe(self, key: str, callback: Callable[[JsonObject], None]) -> Callable[[], None]:
         """Call ``callback(message)`` for every message with top-level ``key`` (replies included).
@@ -487,22 +498,28 @@ class Link(abc.ABC, Generic[PortT]):
         # one object per write, newline-terminated, as UC2-REST writes (uc2-stack.md §2.1)
         await self._send(text.encode() + b"\n")
 
-    async def _send(self, data: bytes) -> None:
-        """Write ``data``; a port that fails the write is lost, as one that fails a read."""
+    async def _send(self, data: bytes, *, raw: bool = False) -> None:
+        """Write ``data``; a port that fails the write is lost, as one that fails a read.
+
+        :param raw: image bytes, not a command (the capture records only their size and hash)
+        """
         session = self._session
         if session is None:
             raise LinkClosedError(f"{self.name}: port is not open", port=self.name)
         async with self._write_lock:
             try:
-                await asyncio.to_thread(self._write_in_order, session.port, data)
+                await asyncio.to_thread(self._write_in_order, session.port, data, raw)
             except LinkIOError as err:
                 self._on_lost(session, err)
                 raise
 
-    def _write_in_order(self, port: PortT, data: bytes) -> None:
+    def _write_in_order(self, port: PortT, data: bytes, raw: bool) -> None:
         # the asyncio lock orders writes; this one keeps a write whose caller was cancelled from
         # interleaving with the next one
         with self._thread_write_lock:
+            if self.settings.capture is not None:
+                # before the write: the reply must not reach the file ahead of its request
+                self.settings.capture.record_tx(data, raw=raw)
             self._write(port, data)
 
     # ---- the reader thread and what it hands to the loop ----------------------------------------------
@@ -523,6 +540,8 @@ class Link(abc.ABC, Generic[PortT]):
                     self._post(self._on_lost, session, err)
                 return
             if data:
+                if self.settings.capture is not None:
+                    self.settings.capture.record_rx(data)
                 items = parser.feed(data)
                 if items:
                     self._post(self._on_items, session, items)

@@ -22,6 +22,9 @@ from uc2otad.links.replies import ReplyShape, is_int_reply
 
 _LOGGER = logging.getLogger(__name__)
 
+#: what FW-main reports as every board's ``fwVersion`` (``CANopenModule.cpp:1248-1249`` @063e5a6): no
+#: release string, so it names no image
+UNVERSIONED = "UC2-ESP v2.0"
 #: CAN node ids (CANopen: 1..127; 0 addresses the master itself in ``/can_act restart``)
 MAX_NODE_ID = 127
 #: ``/ota_start`` errors the master sends before "ready" (``uc2-stack.md`` §2.2 step 2). Errors of the
@@ -63,9 +66,11 @@ class MasterIdentity:
 class NodeInfo:
     """One board in a scan.
 
-    ``reachable``: for a CANopen master, status 0 — the master has heard the node and it answered the
-    SDO probe of this scan; an unreachable node is listed without build, version and MAC. A legacy master
-    lists only the nodes that answered, so every node it lists is reachable.
+    ``reachable``: for a CANopen master, status 0 — the master heard the node within the last 5 s
+    (``CANopenModule.cpp:611-633`` @063e5a6), so a node in a short reboot still counts; an unreachable
+    node is listed without build, version and MAC. A legacy master lists only the nodes that answered,
+    so every node it lists is reachable. ``answered``: the node answered during this scan — a CANopen
+    node whose SDO reads came back (build, version or MAC present), or any node a legacy scan lists.
     """
 
     can_id: int
@@ -83,6 +88,7 @@ class NodeInfo:
     #: image file name, on newer firmware
     fw_image: str | None = None
     mac: str | None = None
+    answered: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,16 +262,19 @@ def _scan_entry(entry: Any, *, listed_means_reachable: bool, role: str | None = 
     if can_id is None:
         return None
     status = _integer(entry, "status")
+    reachable = listed_means_reachable or status == 0
+    read_back = any(isinstance(entry.get(key), str) for key in ("build", "fwVersion", "mac"))
     return NodeInfo(
         can_id=can_id,
         device_type=_integer(entry, "deviceType"),
         role=role or _text(entry, "deviceTypeStr") or "unknown",
-        reachable=listed_means_reachable or status == 0,
+        reachable=reachable,
         status=_text(entry, "statusStr") or ("" if status is None else str(status)),
         build=_text(entry, "build"),
         fw_version=_text(entry, "fwVersion"),
         fw_image=_text(entry, "fwImage"),
         mac=_text(entry, "mac"),
+        answered=listed_means_reachable or (reachable and read_back),
     )
 
 

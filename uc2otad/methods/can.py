@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from uc2otad.firmware.repository import VerifiedImage
+from uc2otad.links.commands import NodeInfo
 from uc2otad.links.serial_hat import SerialHatLink
 from uc2otad.methods.base import Job, Phase
 from uc2otad.methods.ordered import ordered_updates
-from uc2otad.methods.verify import VerifySettings, await_new_image
+from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
 LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
 
@@ -34,14 +35,18 @@ class CanStreamMethod:
         use_link: LinkUse,
         obtain: Callable[[], Awaitable[VerifiedImage]],
         verify: VerifySettings | None = None,
+        *,
+        before: NodeInfo | None = None,
     ) -> None:
         """
         :param use_link: borrows the master link for the purpose named
         :param obtain: the board's image, resolved, cached and checked
+        :param before: the board in the scan before the update (its build, its release string)
         """
         self._use_link = use_link
         self._obtain = obtain
         self._verify = verify or VerifySettings()
+        self._before = before
 
     async def run(self, job: Job) -> None:
         image = await self._obtain()
@@ -59,5 +64,6 @@ class CanStreamMethod:
             job.committed()  # the master said "success": the slave checked the CRC and set its boot partition
             await updates.drain()
             await job.status.advance(Phase.VERIFYING)
-            evidence = await await_new_image(link.scan, job.can_id, image.info, self._verify)
+            expected = expected_of(image, self._before)
+            evidence = await await_new_image(link.scan, job.can_id, expected, self._verify)
         await job.status.succeed(verification=evidence, firmware_version=image.version)

@@ -1,11 +1,23 @@
-"""Proof that a board runs its new image, strongest first (CONTRACT.md §2).
+"""Proof that a board runs its new image, strongest evidence first (docs/api.md, "Verification").
 
 A transfer that the board acknowledged is not yet an update: the board must reboot and come back
-running the image. So after a transfer the bus is scanned until the board reports the image's
-app-descriptor version ("version"), or, on firmware that reports no release string, the image's
-compile date and time ("build"). A board that reports neither but answers again was confirmed by the
-transfer protocol itself (CRC or MD5 and boot partition: "transfer"). A board that comes back with its
-old image, or not at all, fails.
+running the image. What a scan can prove depends on the firmware generation (uc2-stack.md §2, §4.3):
+
+- 2026-09 firmware reports the image's release string in ``fwVersion``; ImSwitch compares it with
+  ``version.json``'s ``version``. A master of July 2026 passes on only 39 characters of it
+  (``CANopenModule.cpp:1492-1503`` @063e5a6), an app descriptor holds 31, so a report of exactly
+  that length matches the start of a longer version ("version").
+- FW-main of July 2026 reports the fixed ``"UC2-ESP v2.0"`` and its CANopen module's own compile time
+  (``CANopenModule.cpp:1248-1251`` @063e5a6): neither names the image, and the build never equals the
+  image's app descriptor. A build that changed since the scan before the update shows another image
+  booted ("build").
+- Otherwise the transfer protocol's word stands — the master's "success" (CRC checked, boot partition
+  set) or ArduinoOTA's "OK" (MD5 checked) — once the board answers a scan again after ``settle``
+  ("transfer"); the journal warns when its build did not change, since then the scan cannot tell
+  which image runs.
+
+Only a board that positively reports another release string than the image's — the old one, as a
+rolled-back board does — fails verification.
 """
 
 from __future__ import annotations
@@ -17,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from uc2otad.errors import BoardNotBackError, VerificationError
-from uc2otad.firmware.image import ImageInfo
-from uc2otad.links.commands import ScanResult
+from uc2otad.firmware.repository import VerifiedImage
+from uc2otad.links.commands import UNVERSIONED, NodeInfo, ScanResult
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,6 +41,9 @@ SETTLE = 4.0
 WINDOW = 40.0
 #: seconds between scans
 INTERVAL = 2.0
+#: lengths at which a reported release string may have been cut: the app descriptor's 32-byte version
+#: field (31 characters and its NUL) and the July 2026 master's 40-byte scan buffer (39 characters)
+CUT_LENGTHS = frozenset({31, 39})
 
 
 @dataclass(frozen=True)
@@ -38,10 +53,50 @@ class VerifySettings:
     interval: float = INTERVAL
 
 
-def image_build(info: ImageInfo) -> str | None:
-    """The image's compile time as the firmware reports its build: ``"Sep 30 2026 09:26:22"``."""
-    desc = info.app_desc
-    return f"{desc.date} {desc.time}" if desc is not None and desc.date else None
+@dataclass(frozen=True)
+class Expected:
+    """What a board running the image can report, and what it reported before the update."""
+
+    #: ``version.json``'s version for the image (the release string 2026-09 firmware reports)
+    release: str | None
+    #: the image's app-descriptor version
+    app_version: str | None
+    #: the board's entry in the scan before the update; None when it was not in it
+    before: NodeInfo | None
+
+
+def expected_of(image: VerifiedImage, before: NodeInfo | None) -> Expected:
+    """What ``image`` lets a board report: the manifest's version, the app descriptor's."""
+    desc = image.info.app_desc
+    return Expected(
+        release=image.resolved.version, app_version=desc.version if desc is not None else None, before=before
+    )
+
+
+def same_release(reported: str | None, expected: str | None) -> bool:
+    """``reported`` names the release ``expected``: equal, or its start cut at a known buffer length."""
+    if not reported or not expected:
+        return False
+    if reported == expected:
+        return True
+    return len(reported) in CUT_LENGTHS and len(expected) > len(reported) and expected.startswith(reported)
+
+
+def is_release_string(reported: str | None) -> bool:
+    """A release string names an image; FW-main's fixed ``"UC2-ESP v2.0"`` does not."""
+    return bool(reported) and reported != UNVERSIONED
+
+
+def evidence(node: NodeInfo, expected: Expected) -> str | None:
+    """The evidence that ``node`` runs the image ("version", "build", "transfer"), or None: not yet."""
+    if same_release(node.fw_version, expected.release) or same_release(node.fw_version, expected.app_version):
+        return "version"
+    if is_release_string(node.fw_version):
+        return None  # it names another image (until the window ends: it may not have rebooted yet)
+    before = expected.before
+    if before is not None and before.build and node.build and node.build != before.build:
+        return "build"
+    return "transfer" if node.answered else None
 
 
 #: one scan of the bus; the WiFi method borrows the link for each, so that boards of a batch that
@@ -49,30 +104,39 @@ def image_build(info: ImageInfo) -> str | None:
 Scan = Callable[[], Awaitable[ScanResult]]
 
 
-async def await_new_image(scan: Scan, can_id: int, info: ImageInfo, settings: VerifySettings) -> str:
-    """Scan until board ``can_id`` runs ``info``; the evidence found ("version", "build" or "transfer").
+async def await_new_image(scan: Scan, can_id: int, expected: Expected, settings: VerifySettings) -> str:
+    """Scan until board ``can_id`` shows it runs the image; the evidence found.
 
     :raises BoardNotBackError: the board did not answer within the window
-    :raises VerificationError: it answered, running another image
+    :raises VerificationError: it answered, reporting another release string than the image's
     """
-    version = info.app_desc.version if info.app_desc is not None else None
-    build = image_build(info)
     await asyncio.sleep(settings.settle)
     deadline = time.monotonic() + settings.window
-    seen_running: str | None = None
+    other_release: str | None = None
     while True:
         node = (await scan()).node(can_id)
-        if node is not None and node.reachable:
-            if version and node.fw_version == version:
-                return "version"
-            if build and node.build == build:
-                return "build"
-            if node.fw_version is None and node.build is None:
-                return "transfer"
-            seen_running = node.fw_version or node.build
+        if node is not None and node.answered:
+            found = evidence(node, expected)
+            if found is not None:
+                _warn_if_unproven(can_id, found, node, expected)
+                return found
+            other_release = node.fw_version
         if time.monotonic() + settings.interval > deadline:
             break
         await asyncio.sleep(settings.interval)
-    if seen_running is not None:
-        raise VerificationError(f"board {can_id} came back running {seen_running}, not {version or build}")
+    if other_release is not None:
+        wanted = expected.release or expected.app_version
+        raise VerificationError(f"board {can_id} came back running {other_release}, not {wanted}")
     raise BoardNotBackError(f"board {can_id} did not answer within {settings.window:g} s of its reboot")
+
+
+def _warn_if_unproven(can_id: int, found: str, node: NodeInfo, expected: Expected) -> None:
+    before = expected.before
+    if found == "transfer" and before is not None and before.build and node.build == before.build:
+        _LOGGER.warning(
+            "board %d: the transfer was confirmed, but the board reports the build it reported before "
+            "(%s): this firmware cannot show which image it runs",
+            can_id,
+            node.build,
+            extra={"UC2_CAN_ID": can_id},
+        )

@@ -23,12 +23,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from uc2otad.firmware.repository import VerifiedImage
-from uc2otad.links.commands import ScanResult
+from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.links.serial_hat import SerialHatLink
 from uc2otad.methods.arduino_ota import ARDUINO_OTA_PORT, ArduinoOtaUploader, UploadSettings
 from uc2otad.methods.base import Job, Phase
 from uc2otad.methods.ordered import ordered_updates
-from uc2otad.methods.verify import VerifySettings, await_new_image
+from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
 LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
 
@@ -64,12 +64,15 @@ class WifiMethod:
         settings: WifiMethodSettings | None = None,
         *,
         upload_slot: AbstractAsyncContextManager[object] | None = None,
+        before: NodeInfo | None = None,
     ) -> None:
         """
         :param use_link: borrows the master link for the purpose named
         :param obtain: the board's image, resolved, cached and checked
         :param upload_slot: held around the upload (a batch's ``parallel`` limit); none by default
+        :param before: the board in the scan before the update
         """
+        self._before = before
         self._use_link = use_link
         self._obtain = obtain
         self._credentials = credentials
@@ -105,7 +108,8 @@ class WifiMethod:
             job.committed()  # the board said "OK": MD5 checked, boot partition set, it reboots now
             await updates.drain()
         await job.status.advance(Phase.VERIFYING)
-        evidence = await await_new_image(self._scan, job.can_id, image.info, self._settings.verify)
+        expected = expected_of(image, self._before)
+        evidence = await await_new_image(self._scan, job.can_id, expected, self._settings.verify)
         await job.status.succeed(verification=evidence, firmware_version=image.version)
 
     async def _scan(self) -> ScanResult:

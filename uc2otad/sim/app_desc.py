@@ -8,6 +8,8 @@ Main constraint: any bytes at all may arrive here; anything that is not an app i
 from __future__ import annotations
 
 import struct
+import zlib
+from datetime import datetime, timedelta
 
 #: first byte of an ESP image (``esp_image_header_t.magic``, §5.1)
 IMAGE_MAGIC = 0xE9
@@ -46,3 +48,29 @@ def _has_app_desc(image: bytes) -> bool:
 
 def _text(image: bytes, offset: int, length: int) -> str:
     return image[offset : offset + length].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
+def module_build(image: bytes) -> str | None:
+    """The build a CANopen board reports for ``image``: ``CANopenModule.cpp``'s own compile time.
+
+    FW-main fills 0x2508 with ``__DATE__ " " __TIME__`` of ``CANopenModule.cpp``
+    (``CANopenModule.cpp:1250-1251`` @063e5a6), a translation unit compiled apart from the app
+    descriptor, so the scan's ``build`` is never the descriptor's date and time. How far apart the two
+    are is a matter of the build; the simulator puts the module 1 to 600 s before the descriptor, by a
+    hash of the image (an assumption: it only needs to differ from the descriptor and to change with
+    the image, as a real rebuild does).
+    """
+    build = app_build(image)
+    if build is None:
+        return None
+    try:
+        stamp = datetime.strptime(build, "%b %d %Y %H:%M:%S")
+    except ValueError:
+        return build
+    stamp -= timedelta(seconds=1 + zlib.crc32(image) % 600)
+    return compiler_stamp(stamp)
+
+
+def compiler_stamp(stamp: datetime) -> str:
+    """``stamp`` as ``__DATE__ " " __TIME__`` writes it: the day padded with a space, ``Oct  1 2026``."""
+    return f"{stamp:%b} {stamp.day:2d} {stamp:%Y %H:%M:%S}"

@@ -40,10 +40,13 @@ def build_app_image(
     time: str = "10:00:00",
     size: int = 64 * 1024,
     seed: str = "",
+    rodata: bytes = b"",
 ) -> bytes:
     """An ESP32-S3 app image of about ``size`` bytes that reports ``version`` and ``date time``.
 
     :param seed: varies the filler bytes, so that images of different boards differ
+    :param rodata: constant data the firmware carries after the descriptor (the strings a generation
+        reports, :func:`uc2otad.sim.profiles.rodata_for`)
     :raises ValueError: ``size`` too small to hold the descriptor and four segments
     """
     if size < 1024:
@@ -56,7 +59,7 @@ def build_app_image(
     )  # fmt: skip
     body = size - 256 - 24 - 4 * 8 - 48  # header, descriptor, segment headers, checksum and digest
     irom_len = body // 2 & ~3
-    drom = desc + rng.randbytes(0x100)
+    drom = desc + rodata + b"\0" * (-len(rodata) % 4) + rng.randbytes(0x100)
     dram = rng.randbytes(0x100)
     iram = rng.randbytes((body - irom_len - 0x200) & ~3)
     irom = rng.randbytes(irom_len)

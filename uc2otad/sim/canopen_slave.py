@@ -3,6 +3,11 @@
 Written from ``uc2-stack.md`` §3.1-§3.3 and §2.3. The node listens on its SDO request identifier
 (0x600 + id) and on its own id (the legacy firmware's ISO-TP). It
 
+- runs the firmware generation of its profile (:mod:`~uc2otad.sim.profiles`), and another one once it
+  boots an image of the other CANopen generation: what it reports (0x2500, 0x2508, 0x2501) and whether
+  its size write erases before it answers follow the profile;
+- sends its heartbeat every ``heartbeat_interval`` while it runs (CANopen profiles; ``OD.c:38``
+  @063e5a6), which is how the master keeps counting it reachable;
 - serves its object dictionary (:mod:`~uc2otad.sim.slave_objects`) through one SDO server
   (:mod:`~uc2otad.sim.sdo_server`), answering each request after ``sdo_time`` and after the flash work
   the request caused (the size write's erase);
@@ -32,12 +37,20 @@ from typing import Any
 
 import can
 
-from uc2otad.sim.app_desc import app_build, app_version
+from uc2otad.sim.app_desc import app_version, module_build
 from uc2otad.sim.can_bus import CanPort, SimCanBus
 from uc2otad.sim.isotp import RECEIVER_FLOW_CONTROL, Reassembler, frames_of
-from uc2otad.sim.nodes import UNVERSIONED, NodeFaults, NodeSpec
+from uc2otad.sim.nodes import NodeFaults, NodeSpec
 from uc2otad.sim.ota_board import ARDUINO_OTA_PORT
 from uc2otad.sim.ota_objects import OtaReceiver, OtaStatus
+from uc2otad.sim.profiles import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    UNVERSIONED,
+    FirmwareProfile,
+    generation_of,
+    release_of,
+)
 from uc2otad.sim.sdo_block import BlockDownload
 from uc2otad.sim.sdo_server import SdoServer
 from uc2otad.sim.sdo_wire import BOOT_UP, HEARTBEAT_BASE, SDO_REQUEST_BASE, SDO_RESPONSE_BASE
@@ -46,6 +59,9 @@ from uc2otad.sim.timing import MasterTiming
 from uc2otad.sim.wifi_ota import MASTER_NODE_ID, OtaStart, WifiNetwork, WifiOtaService
 
 _LOGGER = logging.getLogger(__name__)
+
+#: the heartbeat's NMT state byte: operational (CiA 301)
+HEARTBEAT_OPERATIONAL = b"\x05"
 
 
 class CanOpenSlave:
@@ -63,9 +79,13 @@ class CanOpenSlave:
         timing: MasterTiming,
         network: WifiNetwork,
         ota_port: int = ARDUINO_OTA_PORT,
+        profile: FirmwareProfile | None = None,
     ) -> None:
+        """:param profile: the firmware it runs (default: the node's own, else the newest generation)"""
         self.spec = spec
         self.timing = timing
+        #: the firmware generation it runs now
+        self.profile = profile or PROFILES[spec.profile or DEFAULT_PROFILE]
         #: the image the board runs; None: the one it was configured with (``spec.version``)
         self.running_image: bytes | None = None
         #: boots since the simulation started (restarts, updates, brown-outs)
@@ -101,6 +121,7 @@ class CanOpenSlave:
         self._port: CanPort | None = None
         self._serving: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._last_frame = 0.0
         #: the transfer that has had its stall (a stall fault strikes once per transfer)
         self._stalled: BlockDownload | None = None
@@ -146,12 +167,14 @@ class CanOpenSlave:
             [self._reader], filters=[SDO_REQUEST_BASE + self.can_id, self.can_id], loop=loop
         )
         self._serving = loop.create_task(self._serve(), name=repr(self))
+        if self.profile.canopen:
+            self._heartbeat = loop.create_task(self._beat(), name=f"{self!r} heartbeat")
         if self._online:
             self._come_up()
 
     async def stop(self) -> None:
         """Power off for good."""
-        tasks = [task for task in (self._serving, self._restarting) if task is not None]
+        tasks = [task for task in (self._serving, self._restarting, self._heartbeat) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -180,24 +203,38 @@ class CanOpenSlave:
     # ---- what the node reports ------------------------------------------------------------------------
 
     def _reported(self) -> Reported:
-        spec = self.spec
-        if spec.reports == "none":
+        """The SYSTEM objects as its firmware fills them at start-up (``populateSystemOD``,
+        ``CANopenModule.cpp:1243-1254`` @063e5a6): FW-main the fixed version string and its module's
+        build; 2026-09 the image's release string (from documentation); legacy firmware has no such
+        objects."""
+        spec, profile, image = self.spec, self.profile, self.running_image
+        if not profile.canopen:
             return Reported(version=None, build=None, mac=None, image=None)
-        image = self.running_image
-        version = spec.version if image is None else (app_version(image) or UNVERSIONED)
-        build = spec.build if image is None else (app_build(image) or "")
+        if image is None:  # the firmware it was configured with
+            release, build = spec.version, spec.build
+        else:
+            release = release_of(image) or app_version(image) or UNVERSIONED
+            build = module_build(image) or ""
         return Reported(
-            version=version if spec.reports == "version" else UNVERSIONED,
+            version=release if profile.release_strings else UNVERSIONED,
             build=build,
             mac=spec.mac,
-            image=spec.image or None,
+            image=(spec.image or None) if profile.scan_reads_image else None,
         )
 
     def _erase_seconds(self) -> float:
-        """The size write's flash work: the whole partition the first time after a boot with the fault."""
+        """The size write's flash work: on firmware that erases before it answers, the partition the first
+        time after a boot (blank sectors erase fast when the host retries, see ``partition_erase_time``)."""
         first, self._erased_since_boot = not self._erased_since_boot, True
-        full = first and self.faults.full_erase_first
+        full = first and self.profile.erases_before_size_answer
         return self.timing.partition_erase_time if full else self.timing.size_write_time
+
+    async def _beat(self) -> None:
+        """The heartbeat producer: every ``heartbeat_interval`` while the app runs and the cable is in."""
+        while True:
+            await asyncio.sleep(self.timing.heartbeat_interval)
+            if not self.busy:  # the CAN task is held up: CANopenNode's process does not run either
+                self._send(HEARTBEAT_BASE + self.can_id, HEARTBEAT_OPERATIONAL)
 
     # ---- the CAN task ---------------------------------------------------------------------------------
 
@@ -351,8 +388,15 @@ class CanOpenSlave:
 
     def _come_up(self) -> None:
         """The app runs: the boot partition's image, and the boot-up message on the bus."""
+        if self._boot_partition is not None and self.faults.boots_old_image:
+            _LOGGER.info("%r: the new image fails its first boot, rolled back (fault)", self)
+            self._boot_partition = None
         if self._boot_partition is not None:
             self.running_image, self._boot_partition = self._boot_partition, None
+            generation = generation_of(self.running_image)
+            if generation is not None and self.profile.canopen and generation is not self.profile.name:
+                _LOGGER.info("%r: boots firmware of generation %s", self, generation)
+                self.profile = PROFILES[generation]
         self._booting = False
         self._erased_since_boot = False
         self.boots += 1

@@ -22,9 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from uc2otad.errors import ConfigError
+from uc2otad.sim import replay
 from uc2otad.sim.config import SimConfig, load_config, parse_node_ids, with_node_ids
-from uc2otad.sim.master import MasterKind
 from uc2otad.sim.microscope import VirtualMicroscope
+from uc2otad.sim.profiles import Profile
 
 _LOGGER = logging.getLogger("uc2otad.sim")
 
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--firmware-dir", type=Path, help="serve this folder as the firmware server")
     parser.add_argument("--ssid", help="SSID of the virtual WiFi (default uc2-lab)")
     parser.add_argument("--password", help="password of the virtual WiFi (default uc2-lab-pass, not secret)")
-    parser.add_argument("--master", choices=[kind.value for kind in MasterKind], help="firmware generation")
+    parser.add_argument(
+        "--profile",
+        choices=[profile.value for profile in Profile],
+        help="firmware generation of the master and of every node without its own (default fw-2026-09)",
+    )
     parser.add_argument("--baud", type=int, help="the master's baud rate (921600; 115200 for old HATs)")
     parser.add_argument(
         "--serial-link", type=Path, help="stable symlink to the pty (default: private folder)"
@@ -54,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--paced-can", action="store_true", help="CAN frames take their time on the wire ([can] bitrate)"
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="stderr log level")
+    parser.add_argument(
+        "--replay", type=Path, metavar="FILE", help="answer from a capture of a real master (replay.py)"
+    )
     return parser
 
 
@@ -69,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "firmware_dir": args.firmware_dir,
         "ssid": args.ssid,
         "password": args.password,
-        "master_kind": MasterKind(args.master) if args.master else None,
+        "profile": Profile(args.profile) if args.profile else None,
         "baud": args.baud,
         "serial_link": args.serial_link,
         "log_noise": False if args.quiet_master else None,
@@ -88,6 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.replay is not None:  # only --serial-link and --baud apply: the recording is the microscope
+        try:
+            return asyncio.run(replay.serve(args.replay, serial_link=args.serial_link, baud=args.baud))
+        except replay.RecordingError as err:
+            print(f"uc2otad-sim: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         config = config_from_args(args)
     except ConfigError as err:

@@ -3,14 +3,16 @@
 File layout (every table and key optional; unknown keys are refused, so a typo is an error, not a
 default silently kept)::
 
-    [master]   kind = "canopen" | "legacy"   version = "v2026.1.0"   build = "Oct  1 2026 09:26:22"
-               baud = 921600   log_noise = true   serial_link = "/run/uc2-sim/ttyHAT"   socket = true
+    profile = "fw-2026-09" | "fw-main-2026-07" | "legacy"   (the firmware every board runs by default)
+    [master]   profile = …   version = "v2026.1.0"   build = "Oct  1 2026 09:26:22"
+               baud = 921600 (default: the profile's)   log_noise = true   serial_link = "/run/…"
+               socket = true
                chip = "esp32" | "esp32s3"   (whose ROM loader esptool reaches; the CAN HAT's is esp32)
     [wifi]     ssid = "uc2-lab"   password = "uc2-lab-pass"   ota_port = 3232   (the slaves' ArduinoOTA)
     [can]      bitrate = 500000   paced = false   (paced: frames take their time on the wire)
     [firmware] dir = "firmware"          (relative to the file)
     [timing]   restart_delay = 0.2 …     (any field of MasterTiming, seconds)
-    [[nodes]]  id = 11   role = "motor"   version = "…"   build = "…"   reports = "version"|"build"|"none"
+    [[nodes]]  id = 11   role = "motor"   version = "…"   build = "…"   profile = …   (default: the master's)
                mac = "…"   image = "…"   routed = true   online = true
                faults = { wifi_refused = true, drop_at_percent = 40, … }   (any field of NodeFaults)
 
@@ -24,24 +26,24 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from uc2otad.errors import ConfigError
 from uc2otad.sim.can_rate import CanRate
 from uc2otad.sim.esp_chips import CHIPS
-from uc2otad.sim.master import DEFAULT_BAUD, MasterKind, MasterTiming
+from uc2otad.sim.master import MasterTiming
 from uc2otad.sim.nodes import (
     DEFAULT_BUILD,
     DEFAULT_NODE_IDS,
     DEFAULT_VERSION,
     NodeFaults,
     NodeSpec,
-    Reports,
     default_node,
     mac_for,
     role_for,
 )
 from uc2otad.sim.ota_board import ARDUINO_OTA_PORT
+from uc2otad.sim.profiles import DEFAULT_PROFILE, Profile
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 
 T = TypeVar("T")
@@ -52,10 +54,14 @@ class SimConfig:
     """Everything ``uc2otad-sim`` builds."""
 
     nodes: tuple[NodeSpec, ...] = field(default_factory=lambda: tuple(map(default_node, DEFAULT_NODE_IDS)))
-    master_kind: MasterKind = MasterKind.CANOPEN
+    #: the firmware generation of the master and of every node without a profile of its own
+    profile: Profile = DEFAULT_PROFILE
+    #: the master's generation when it differs from ``profile`` (a mixed microscope)
+    master_profile: Profile | None = None
     master_version: str = DEFAULT_VERSION
     master_build: str = DEFAULT_BUILD
-    baud: int = DEFAULT_BAUD
+    #: the serial rate; None: the master profile's (921600, legacy HAT builds 115200)
+    baud: int | None = None
     log_noise: bool = True
     #: the stable symlink to the pty; None: one in the simulator's private temporary folder
     serial_link: Path | None = None
@@ -85,8 +91,8 @@ def load_config(path: Path | None) -> SimConfig:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError("config", f"cannot read {path}: {err}") from err
-    _only(document, "", {"master", "wifi", "firmware", "timing", "nodes", "can"})
-    master_keys = {"kind", "version", "build", "baud", "log_noise", "serial_link", "socket", "chip"}
+    _only(document, "", {"profile", "master", "wifi", "firmware", "timing", "nodes", "can"})
+    master_keys = {"profile", "version", "build", "baud", "log_noise", "serial_link", "socket", "chip"}
     master = _table(document, "master", master_keys)
     wifi = _table(document, "wifi", {"ssid", "password", "ota_port"})
     can = _table(document, "can", {"bitrate", "paced"})
@@ -95,10 +101,11 @@ def load_config(path: Path | None) -> SimConfig:
     defaults = SimConfig()
     return SimConfig(
         nodes=_nodes(document.get("nodes"), defaults.nodes),
-        master_kind=_kind(_get(master, "master.kind", str, defaults.master_kind.value)),
+        profile=_profile(document.get("profile"), "profile") or defaults.profile,
+        master_profile=_profile(master.get("profile"), "master.profile"),
         master_version=_get(master, "master.version", str, defaults.master_version),
         master_build=_get(master, "master.build", str, defaults.master_build),
-        baud=_get(master, "master.baud", int, defaults.baud),
+        baud=_get(master, "master.baud", int, 0) or None,
         log_noise=_get(master, "master.log_noise", bool, defaults.log_noise),
         serial_link=_path(path, master.get("serial_link"), "master.serial_link"),
         socket=_get(master, "master.socket", bool, defaults.socket),
@@ -140,7 +147,7 @@ def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
         return default
     if not isinstance(value, list):
         raise ConfigError("nodes", "must be an array of tables ([[nodes]])")
-    known = {"id", "role", "version", "build", "reports", "mac", "image", "routed", "online", "faults"}
+    known = {"id", "role", "version", "build", "profile", "mac", "image", "routed", "online", "faults"}
     specs: list[NodeSpec] = []
     for number, item in enumerate(value, start=1):
         prefix = f"nodes[{number}]."
@@ -158,7 +165,7 @@ def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
                 role=_get(item, prefix + "role", str, "") or role_for(can_id),
                 version=_get(item, prefix + "version", str, DEFAULT_VERSION),
                 build=_get(item, prefix + "build", str, DEFAULT_BUILD),
-                reports=cast(Reports, _get(item, prefix + "reports", str, "version")),
+                profile=_profile(item.get("profile"), prefix + "profile"),
                 mac=_get(item, prefix + "mac", str, mac_for(can_id)),
                 image=_get(item, prefix + "image", str, ""),
                 routed=_get(item, prefix + "routed", bool, True),
@@ -184,7 +191,7 @@ def _faults(value: Any, key: str) -> NodeFaults:
     return NodeFaults(
         wifi_refused=_get(value, f"{key}.wifi_refused", bool, defaults.wifi_refused),
         ota_start_fails=_get(value, f"{key}.ota_start_fails", bool, defaults.ota_start_fails),
-        full_erase_first=_get(value, f"{key}.full_erase_first", bool, defaults.full_erase_first),
+        boots_old_image=_get(value, f"{key}.boots_old_image", bool, defaults.boots_old_image),
         drop_at_percent=share("drop_at_percent"),
         stall_at_percent=share("stall_at_percent"),
         stall_seconds=share("stall_seconds") or defaults.stall_seconds,
@@ -200,11 +207,13 @@ def _can_rate(table: Mapping[str, Any]) -> CanRate:
     return CanRate(bitrate=bitrate, paced=_get(table, "can.paced", bool, False))
 
 
-def _kind(value: str) -> MasterKind:
+def _profile(value: Any, key: str) -> Profile | None:
+    if value is None:
+        return None
     try:
-        return MasterKind(value)
+        return Profile(value)
     except ValueError:
-        raise ConfigError("master.kind", f"must be one of {[kind.value for kind in MasterKind]}") from None
+        raise ConfigError(key, f"must be one of {', '.join(Profile)}, not {value!r}") from None
 
 
 def _chip(value: str) -> str:

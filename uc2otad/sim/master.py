@@ -2,16 +2,17 @@
 
 Written from ``shared/specs/uc2-stack.md`` §2, §3.2, §7 and §11 (never from ``uc2otad.links``):
 
-- commands are read by the firmware's brace counter (:mod:`uc2otad.sim.wire`), queued (5 deep, as
-  ``serialMSGQueue``; more are dropped) and handled one at a time;
+- commands are read by the firmware's brace counter (:mod:`uc2otad.sim.wire`), queued (``serialMSGQueue``:
+  16 deep on FW-main, 5 on FW-legacy; more are dropped) and handled one at a time; a task the firmware
+  does not know is answered ``{"qid":-1,"success":-1}``; every frame is followed by a NUL;
 - ``/state_get`` answers the board's identity, echoing the request's qid (0 without one);
 - ``/can_act`` with ``scan`` lists the routed nodes — reachable ones with build, version and MAC read
   from them by SDO, unreachable ones without — and with ``probeRange`` also nodes outside the routing
-  table ("unrouted"); a legacy master lists only the nodes that answer, in the short form, after its
-  500 ms wait;
+  table ("unrouted"); a legacy master answers the int reply at once and lists the nodes that answer,
+  in the short form, in a frame ~1.4 s later;
 - ``/can_act`` with ``restart`` writes 1 to the node's 0x2507 and acknowledges
   ``{"status":"ok","nodeId":N}``; the node drops off the bus ~200 ms later until it has booted; node 0
-  is the master itself;
+  is the master itself, which restarts 300 ms later without a word;
 - ``/can_get`` reports NMT state and bus counters (CANopen masters only);
 - ``/ota_start`` streams an image to a slave (:mod:`~uc2otad.sim.stream_ota`, CANopen masters);
   legacy ``/can_act`` with ``ota`` relays the WiFi OTA command (:mod:`~uc2otad.sim.wifi_ota`);
@@ -34,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
 
@@ -46,6 +47,7 @@ from uc2otad.sim.canopen_slave import CanOpenSlave
 from uc2otad.sim.master_can import CanOpenClient, SdoTransferError
 from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, UNROUTED, NodeSpec
 from uc2otad.sim.ota_board import ARDUINO_OTA_PORT
+from uc2otad.sim.profiles import DEFAULT_PROFILE, PROFILES, UNVERSIONED, FirmwareProfile
 from uc2otad.sim.slave_objects import BUILD_TIME, FIRMWARE_VERSION, IMAGE_NAME, MAC_ADDRESS, REBOOT
 from uc2otad.sim.stream_ota import StreamReceiver, StreamStats, error_line, parse_ota_start
 
@@ -58,8 +60,11 @@ _LOGGER = logging.getLogger(__name__)
 #: the master's USB baud rate: 921600 on current masters, 115200 on old HAT builds (§2.1)
 DEFAULT_BAUD = 921600
 MASTER_MAC = "02:55:43:32:00:01"
-#: ids a legacy master's scan probes: 10-15, 20-25, 30-35 (so a galvo at 40 is never found) (§2.4)
-LEGACY_SCAN_IDS = frozenset([*range(10, 16), *range(20, 26), *range(30, 36)])
+#: a legacy master's scan: the ids it asks, 10-15, 20-25, 30-35 (``can_controller.cpp:2556-2560``
+#: @14fa3e3; so a galvo at 40 is never found); the type each answers, derived by the slave from its own
+#: id (``:829-838``), and the name the master gives it (``:2631-2638``): a galvo at 30-35 says "led"
+LEGACY_SCAN_TYPES = ((range(10, 16), 0, "motor"), (range(20, 26), 1, "laser"), (range(30, 36), 2, "led"))
+LEGACY_SCAN_IDS = frozenset(can_id for ids, _, _ in LEGACY_SCAN_TYPES for can_id in ids)
 #: ``runtimeConfig.canRole`` of a master; the spec elides the number, so this is an assumption
 MASTER_CAN_ROLE = 1
 #: NMT state OPERATIONAL (CiA 301)
@@ -75,8 +80,10 @@ class MasterKind(Enum):
     LEGACY = "legacy"
 
 
-#: the firmware's command queue (``serialMSGQueue = xQueueCreate(5, …)``)
-COMMAND_QUEUE_LENGTH = 5
+#: the firmware's command queue: ``serialMSGQueue = xQueueCreate(16, …)`` on FW-main
+#: (``SerialProcess.cpp:350`` @063e5a6); ``xQueueCreate(5, …)`` on FW-legacy (``:326`` @14fa3e3)
+COMMAND_QUEUE_LENGTH = 16
+LEGACY_COMMAND_QUEUE_LENGTH = 5
 #: what an endpoint answers: a JSON object to frame, or nothing
 Reply = dict[str, Any] | None
 #: the WiFi OTA window UC2-REST asks for unless told otherwise (``timeout=300000``)
@@ -110,27 +117,44 @@ Endpoint = Callable[[_Attachment, dict[str, Any]], Awaitable[Reply]]
 
 @dataclass(frozen=True)
 class MasterIdentity:
-    """What the master's ``/state_get`` says about the board."""
+    """The master board: its firmware generation, release string, build time and MAC."""
 
-    kind: MasterKind = MasterKind.CANOPEN
+    profile: FirmwareProfile = PROFILES[DEFAULT_PROFILE]
+    #: the release string of the 2026-09 firmware; FW-main and legacy report none
     version: str = DEFAULT_VERSION
+    #: compile time, ``__DATE__ " " __TIME__``
     build: str = DEFAULT_BUILD
     mac: str = MASTER_MAC
 
+    @property
+    def kind(self) -> MasterKind:
+        return MasterKind.CANOPEN if self.profile.canopen else MasterKind.LEGACY
+
+    def scan_entry(self) -> dict[str, Any]:
+        """The master's own entry of a CANopen scan, read from its own OD (``CANopenModule.cpp:1617-1622``
+        @063e5a6): FW-main's fixed version string, or the 2026-09 release string."""
+        version = self.version if self.profile.release_strings else UNVERSIONED
+        return {"canId": 1, "build": self.build, "fwVersion": version, "mac": self.mac}
+
     def state(self) -> dict[str, Any]:
-        """The ``state`` object: identifiers, then the pin definition (§2.4, FW ``State::get``)."""
+        """The ``state`` object: identifiers, then the pin definition (``State.cpp:213-220`` @063e5a6).
+
+        ``identifier_date`` is ``__DATE__ "" __TIME__``, with no space between (``State.h:12`` @063e5a6,
+        the same at 14fa3e3): "Oct  1 202609:26:22". Release string and image name only on the 2026-09
+        firmware (uc2-stack.md §2.4, from documentation).
+        """
         canopen = self.kind is MasterKind.CANOPEN
         state: dict[str, Any] = {
             "identifier_name": "UC2_Feather",
             "identifier_id": "V2.0",
-            "identifier_date": self.build,
+            "identifier_date": _without_space_before_time(self.build),
             "identifier_author": "BD",
             "IDENTIFIER_NAME": "uc2-esp",
             "configIsSet": 0,
             "pindef": "UC2_canopen_master" if canopen else "UC2_3_CAN_HAT_Master",
             "I2C_SLAVE": 0,
         }
-        if canopen:  # release strings exist only on firmware newer than the legacy generation
+        if self.profile.state_release:
             state["identifier_version"] = self.version
             state["identifier_image"] = "esp32_UC2_canopen_master_release.bin"
         return state
@@ -144,7 +168,7 @@ class VirtualMaster:
         nodes: Iterable[NodeSpec],
         *,
         identity: MasterIdentity | None = None,
-        baud: int = DEFAULT_BAUD,
+        baud: int | None = None,
         timing: MasterTiming | None = None,
         log_noise: bool = True,
         network: WifiNetwork | None = None,
@@ -155,10 +179,17 @@ class VirtualMaster:
         :param network: the WiFi the slaves can join (default: the microscope's default credentials)
         :param can_rate: the CAN-rate model (default: off)
         :param ota_port: the slaves' ArduinoOTA port (0: each binds a free one)
+        :param baud: the serial rate (default: the master profile's)
+
+        Nodes without a profile of their own run the master's.
         """
         self.identity = identity or MasterIdentity()
-        self.baud = baud
-        self.timing = timing or MasterTiming()
+        profile = self.identity.profile
+        self.baud = baud or profile.baud
+        timing = timing or MasterTiming()
+        if timing.size_write_timeout is None:
+            timing = replace(timing, size_write_timeout=profile.size_write_timeout)
+        self.timing = timing
         self.log_noise = log_noise
         #: the microscope's CAN bus, shared by the master and its slaves
         self.can_bus = SimCanBus(can_rate)
@@ -168,7 +199,12 @@ class VirtualMaster:
             if spec.can_id in self._slaves:
                 raise ConfigError("nodes", f"CAN id {spec.can_id} is listed twice")
             self._slaves[spec.can_id] = CanOpenSlave(
-                spec, self.can_bus, timing=self.timing, network=network, ota_port=ota_port
+                spec,
+                self.can_bus,
+                timing=self.timing,
+                network=network,
+                ota_port=ota_port,
+                profile=PROFILES[spec.profile] if spec.profile else profile,
             )
         canopen = self.identity.kind is MasterKind.CANOPEN
         self._canopen = CanOpenClient(self.can_bus, self.timing) if canopen else None
@@ -183,7 +219,9 @@ class VirtualMaster:
         #: called with every command read from a port, before it is queued: lets tests and tools watch
         self.on_command: Callable[[dict[str, Any]], None] | None = None
         self._attachments: list[_Attachment] = []
-        self._queue: asyncio.Queue[tuple[_Attachment, dict[str, Any]]] = asyncio.Queue(COMMAND_QUEUE_LENGTH)
+        self._queue: asyncio.Queue[tuple[_Attachment, dict[str, Any]]] = asyncio.Queue(self.command_queue_length)
+        #: a legacy master's scan between its int reply and its frame
+        self._legacy_scan: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -350,7 +388,9 @@ class VirtualMaster:
         self._log("I", "SerialProcess.cpp", 391, f"jsonProcessor(): {task}")
         handler = self._endpoints.get(task)
         if handler is None:
-            return  # no endpoint: the firmware answers nothing
+            # jsonProcessor's last branch: serialize(-1) (SerialProcess.cpp:831 @063e5a6, :720 @14fa3e3)
+            self._send(attachment, wire.reply_frame(wire.int_reply(wire.UNKNOWN_TASK_RESULT)))
+            return
         try:
             reply = await handler(attachment, command)
             if reply is not None:
@@ -415,34 +455,45 @@ class VirtualMaster:
                           if can_id not in routed]  # fmt: skip
             for can_id in await client.probe(candidates):
                 entries.append(await self._scan_entry(client, can_id, None))
-        master = {"canId": 1, "build": self.identity.build, "fwVersion": self.identity.version,
-                  "mac": self.identity.mac}  # fmt: skip
-        return {"master": master, "scan": entries, "qid": wire.request_qid(command), "count": len(entries)}
+        return {"master": self.identity.scan_entry(), "scan": entries, "qid": wire.request_qid(command),
+                "count": len(entries)}  # fmt: skip
 
     async def _scan_entry(self, client: CanOpenClient, can_id: int, spec: NodeSpec | None) -> dict[str, Any]:
-        """A node's scan entry: its routing (None: a probed node outside the table), then what it answers
-        to the SDO reads of build (0x2508), version (0x2500), MAC (0x2509) and image name (0x2501)."""
+        """A node's scan entry (``CANopenModule.cpp:1581-1612`` @063e5a6): its routing (None: a probed
+        node outside the table); status 0 when the master heard it within ``node_liveness`` (a probed node
+        just answered), so a node in a short reboot is still "idle"; then, for such a node, each SDO read
+        that answers — build (0x2508), version (0x2500), MAC (0x2509), and on 2026-09 firmware the image
+        name (0x2501) — cut to the master's buffer."""
         entry: dict[str, Any] = {
             "canId": can_id,
             "deviceType": spec.device_type if spec is not None else UNROUTED,
             "deviceTypeStr": spec.role if spec is not None else "unrouted",
         }
-        answers = await client.read_texts(can_id, (BUILD_TIME, FIRMWARE_VERSION, MAC_ADDRESS, IMAGE_NAME))
-        if answers is None:
-            self._log("W", "CANopenModule.cpp", 733, f"scan(): node {can_id} did not answer")
+        if spec is not None and not client.is_reachable(can_id):
+            self._log("W", "CANopenModule.cpp", 733, f"scan(): node {can_id} not heard")
             entry.update({"status": 1, "statusStr": "unreachable"})
             return entry
-        self._idf_log("I", "UC2_CO", f"scan: node {can_id} ({entry['deviceTypeStr']}) answered")
         entry.update({"status": 0, "statusStr": "idle"})
-        for key, value in zip(("build", "fwVersion", "mac", "fwImage"), answers, strict=True):
+        profile = self.identity.profile
+        objects = {"build": BUILD_TIME, "fwVersion": FIRMWARE_VERSION, "mac": MAC_ADDRESS}
+        if profile.scan_reads_image:
+            objects["fwImage"] = IMAGE_NAME
+        answers = await client.read_texts(can_id, objects.values(), profile.scan_text_limit)
+        for key, value in zip(objects, answers, strict=True):
             if value:
                 entry[key] = value
+        self._idf_log("I", "UC2_CO", f"scan: node {can_id} ({entry['deviceTypeStr']}) read")
         return entry
 
-    async def _restart(self, can_id: int) -> dict[str, Any]:
+    async def _restart(self, can_id: int) -> Reply:
         if can_id == 0:
-            self._later(self.timing.restart_delay, lambda: self._spawn(self.reboot()))
-            return {"status": "ok", "nodeId": 0}
+            # the master itself: CANopenModule::act builds {"status":"rebooting","nodeId":0}, waits 300 ms
+            # in the serial task and calls esp_restart(), so the reply never leaves
+            # (CANopenModule.cpp:1679-1684 @063e5a6)
+            await asyncio.sleep(self.timing.master_restart_delay)
+            self._spawn(self.reboot())
+            await asyncio.get_running_loop().create_future()  # esp_restart() does not return
+            return None
         try:
             await self._canopen_client().write(
                 can_id, REBOOT, 0, 1, size=1, response_timeout=self.timing.sdo_timeout
@@ -569,10 +620,11 @@ class VirtualMaster:
         handle = asyncio.get_running_loop().call_later(delay, run)
         self._timers.add(handle)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _int(value: Any, default: int) -> int:
@@ -586,3 +638,9 @@ def _ota_request(ota: dict[str, Any]) -> tuple[int, OtaStart] | None:
     if can_id < 0 or timeout < 0 or not isinstance(ssid, str) or not isinstance(password, str):
         return None
     return can_id, OtaStart(ssid, password, timeout)
+
+
+def _without_space_before_time(build: str) -> str:
+    """``"Oct  1 2026 09:26:22"`` as ``__DATE__ "" __TIME__`` pastes it: ``"Oct  1 202609:26:22"``."""
+    date, _, time = build.rpartition(" ")
+    return f"{date}{time}" if date else build

@@ -7,8 +7,9 @@ independently of our slave's server, so each side is checked against the other. 
 they run in worker threads, one at a time like the firmware's single SDO client; its network reads
 the bus in the port's own thread.
 
-"Reachable" means what the firmware means by it: the master has heard the node at least once — a
-boot-up or heartbeat, a TPDO, an SDO answer. A master reboot forgets them.
+"Reachable" means what the firmware means by it: the master heard the node within the last
+``node_liveness`` seconds — a boot-up or heartbeat, a TPDO, an SDO answer (``isNodeReachable``,
+``CANopenModule.cpp:611-633`` @063e5a6). A master reboot forgets them.
 """
 
 from __future__ import annotations
@@ -93,15 +94,17 @@ class CanOpenClient:
         """A master reboot: RAM is gone, nobody has been heard."""
         self._heard.clear()
 
-    def has_heard(self, node_id: int) -> bool:
-        return node_id in self._heard
+    def is_reachable(self, node_id: int) -> bool:
+        """``isNodeReachable``: heard within the last ``node_liveness`` seconds."""
+        heard = self._heard.get(node_id)
+        return heard is not None and asyncio.get_running_loop().time() - heard < self._timing.node_liveness
 
     # the wait is the question asked (waitForNodeReachable's 10 s), not a deadline around an operation
     async def wait_heard(self, node_id: int, timeout: float) -> bool:  # noqa: ASYNC109
-        """``waitForNodeReachable``: True once the node has been heard, False after ``timeout``."""
+        """``waitForNodeReachable``: True once the node is reachable, False after ``timeout``."""
         try:
             async with asyncio.timeout(timeout):
-                while node_id not in self._heard:
+                while not self.is_reachable(node_id):
                     changed = self._heard_changed
                     await changed.wait()
         except TimeoutError:
@@ -140,20 +143,18 @@ class CanOpenClient:
         data: bytes = await self.call(node_id, self._timing.sdo_timeout, lambda sdo: sdo.upload(index, sub))
         return data
 
-    async def read_texts(self, node_id: int, indexes: Iterable[int]) -> list[str | None] | None:
-        """The text objects ``indexes`` (sub-index 0) of a node, as a scan reads them.
-
-        None when the node does not answer the first read (``sdo_timeout``): it is unreachable. An object
-        the node does not have (an abort) reads as None.
-        """
+    async def read_texts(self, node_id: int, indexes: Iterable[int], limit: int) -> list[str | None]:
+        """The text objects ``indexes`` (sub-index 0) of a node, as a scan reads them: each on its own
+        (``readNodeString``, ``CANopenModule.cpp:1492-1503`` @063e5a6), cut to ``limit`` characters
+        (the master's buffer); None for one that did not come (no answer, or an abort)."""
         texts: list[str | None] = []
         for index in indexes:
             try:
-                texts.append((await self.read(node_id, index)).decode("utf-8", errors="replace"))
-            except SdoTransferError as err:
-                if err.abort_code is None and not texts:
-                    return None
+                data = await self.read(node_id, index)
+            except SdoTransferError:
                 texts.append(None)
+            else:
+                texts.append(data[:limit].decode("utf-8", errors="replace"))
         return texts
 
     async def write(

@@ -21,7 +21,7 @@ from uc2otad.sim.config import SimConfig
 from uc2otad.sim.esp_boot import BootResult
 from uc2otad.sim.firmware_server import SimFirmwareServer
 from uc2otad.sim.master import MasterIdentity, VirtualMaster
-from uc2otad.sim.nodes import NodeSpec
+from uc2otad.sim.profiles import PROFILES
 from uc2otad.sim.pty_port import PtyPort
 from uc2otad.sim.rom_loader import RomLoader, RomLoaderConfig
 from uc2otad.sim.socket_port import SocketPort
@@ -38,11 +38,15 @@ class VirtualMicroscope:
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
+        config = self.config
         identity = MasterIdentity(
-            kind=self.config.master_kind, version=self.config.master_version, build=self.config.master_build
+            profile=PROFILES[config.master_profile or config.profile],
+            version=config.master_version,
+            build=config.master_build,
         )
+        nodes = tuple(replace(node, profile=node.profile or config.profile) for node in config.nodes)
         self.master = VirtualMaster(
-            self.config.nodes,
+            nodes,
             identity=identity,
             baud=self.config.baud,
             timing=self.config.timing,
@@ -73,7 +77,7 @@ class VirtualMicroscope:
                 workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="uc2otad-sim-"))
                 stack.push_async_callback(asyncio.to_thread, shutil.rmtree, workdir, True)
                 link = workdir / SERIAL_LINK_NAME
-            self._pty = PtyPort(link, baud=self.config.baud)
+            self._pty = PtyPort(link, baud=self.master.baud)
             self.master.attach(self._pty)
             await self._pty.open()
             stack.push_async_callback(self._pty.close)
@@ -136,11 +140,12 @@ class VirtualMicroscope:
         """The line ``uc2otad-sim`` prints when ready (``CONTRACT.md`` §5), plus where else to connect.
 
         Beyond the contract: ``serial_link`` (a path that follows the pty when the port vanishes and
-        returns), ``serial_socket`` (the master over TCP) and ``master`` (the firmware generation).
+        returns), ``serial_socket`` (the master over TCP), ``master`` ("canopen" or "legacy") and the
+        firmware ``profile`` of the master and of each node.
         """
         return {
             "serial_port": self.pty.path,
-            "baud": self.config.baud,
+            "baud": self.master.baud,
             "firmware_server": self.firmware.url if self.firmware is not None else None,
             "rom_loader": self.rom_loader.url,
             "wifi": {"ssid": self.config.ssid},
@@ -149,15 +154,12 @@ class VirtualMicroscope:
                     "role": node.role,
                     "ip": node.ip,
                     "version": node.version,
-                    "reports": node.reports,
+                    "profile": self.master.slave(node.can_id).profile.name.value,
                 }
                 for node in self.config.nodes
             },
             "serial_link": self.pty.url,
             "serial_socket": self.socket.url if self.socket is not None else None,
-            "master": self.config.master_kind.value,
+            "master": self.master.kind.value,
+            "profile": self.master.identity.profile.name.value,
         }
-
-
-def _node_info(node: NodeSpec) -> dict[str, str]:
-    return {"role": node.role, "ip": node.ip, "version": node.version, "reports": node.reports}

@@ -1,29 +1,23 @@
 """The boards on the virtual CAN bus: who they are and what a scan learns about them.
 
 Roles follow the firmware's node addressing (``uc2-stack.md`` §3.2): motors 10-19, lasers 20-24,
-LEDs 30-31, galvos 40-49, GPIO slave 60, PTZ bridge 61. What a node reports in a scan follows §2.4 and
-§7: ``version`` (a release string in ``fwVersion`` and the build time), ``build`` (only the build time;
-``fwVersion`` is the fixed "UC2-ESP v2.0" of firmware without release strings) or ``none`` (neither).
+LEDs 30-31, galvos 40-49, GPIO slave 60, PTZ bridge 61. What a node reports in a scan follows the
+firmware generation it runs (:mod:`uc2otad.sim.profiles`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from uc2otad.errors import ConfigError
-
-Reports = Literal["version", "build", "none"]
-REPORTS: tuple[Reports, ...] = ("version", "build", "none")
+from uc2otad.sim.profiles import Profile
 
 #: the virtual microscope of ``uc2otad-sim`` without options: four motors, a laser, an LED, a galvo
 DEFAULT_NODE_IDS = (10, 11, 12, 13, 20, 30, 40)
 DEFAULT_VERSION = "v2026.1.0"
 #: compile time in the firmware's ``__DATE__ " " __TIME__`` form
 DEFAULT_BUILD = "Oct  1 2026 09:26:22"
-#: what FW-main puts in ``fwVersion`` (OD 0x2500) when it has no release string (§7)
-UNVERSIONED = "UC2-ESP v2.0"
 
 _ROLE_RANGES: tuple[tuple[range, str], ...] = (
     (range(10, 20), "motor"),
@@ -60,10 +54,10 @@ class NodeFaults:
     wifi_refused: bool = False
     #: ArduinoOTA does not start after joining: status 2
     ota_start_fails: bool = False
-    #: the first size write after each boot erases the whole partition before it answers, as firmware
-    #: before 2026-09-30 did: a master with a shorter size-write timeout reports ``size_write_failed``
-    #: and the retry succeeds (uc2-stack.md §8 item 5)
-    full_erase_first: bool = False
+    #: the new image fails its first boot and the bootloader rolls back to the old one (ESP-IDF's app
+    #: rollback, ``CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE``): the transfer ended well, the board runs
+    #: what it ran before
+    boots_old_image: bool = False
     #: the slave resets (a brown-out) once this share of an image has arrived, and boots its old image
     drop_at_percent: float | None = None
     #: the slave stops answering once this share of an image has arrived, for ``stall_seconds``
@@ -89,7 +83,8 @@ class NodeSpec:
     version: str = DEFAULT_VERSION
     build: str = DEFAULT_BUILD
     mac: str = ""
-    reports: Reports = "version"
+    #: the firmware generation it runs until it boots another image; None: the microscope's default
+    profile: Profile | None = None
     #: the image name the node reports (``fwImage``, newer firmware); "" for none
     image: str = ""
     #: in the master's routing table; an unrouted node is found only by a probing scan
@@ -103,8 +98,6 @@ class NodeSpec:
             raise ConfigError("nodes", f"CAN id must be 2..127 (1 is the master), not {self.can_id}")
         if self.role not in DEVICE_TYPES:
             raise ConfigError("nodes", f"node {self.can_id}: unknown role {self.role!r}")
-        if self.reports not in REPORTS:
-            raise ConfigError("nodes", f"node {self.can_id}: reports must be one of {REPORTS}")
 
     @property
     def ip(self) -> str:

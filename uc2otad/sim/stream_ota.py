@@ -243,6 +243,7 @@ class StreamReceiver:
             )
         except SdoTransferError as err:
             raise _StreamError("crc_write_failed") from err
+        assert timing.size_write_timeout is not None  # the master fills it in from its profile
         try:
             await client.write(
                 node, OTA_SIZE, 0, request.size, size=4, response_timeout=timing.size_write_timeout

@@ -30,15 +30,22 @@ class MasterTiming:
     node_boot_time: float = 1.0
     #: the master runs its app again this long after a reset (ROM, bootloader, setup; an estimate)
     master_boot_time: float = 0.8
+    #: a CANopen slave's heartbeat period: producer heartbeat time 1000 ms (``lib/uc2_od/OD.c:38``
+    #: @063e5a6)
+    heartbeat_interval: float = 1.0
+    #: the master counts a node reachable when it heard it within the last 5 s
+    #: (``CANopenModule::isNodeReachable``, ``CANopenModule.cpp:611-633`` @063e5a6): a scan during a
+    #: short reboot still lists the node with status 0, only its SDO reads fail
+    node_liveness: float = 5.0
 
     # ---- streaming through the master (OtaBinaryReceive, uc2-stack.md §2.2, §3.1) ----------------------
     #: ``waitForNodeReachable(nodeId, 10000)`` before "ready"
     reachable_timeout: float = 10.0
-    #: the master's default SDO timeout, 250 ms (§8 item 5): the CRC write
+    #: the master's default SDO timeout, 250 ms (``CANopenModule.h:61`` @063e5a6): the CRC write
     sdo_write_timeout: float = 0.25
-    #: the size write makes the slave erase before it answers; the master waits up to 20 s since the
-    #: 2026-09-30 fix (``SIZE_WRITE_TIMEOUT_MS``, §8 item 5; 250 ms before it)
-    size_write_timeout: float = 20.0
+    #: how long the master waits for the size write (the slave may erase before it answers); None: the
+    #: master's firmware profile says (250 ms on FW-main, 20 s since 2026-09-30; :mod:`.profiles`)
+    size_write_timeout: float | None = None
     #: the master's pause after the size write, before the block download (500 ms in FW-main)
     ota_settle: float = 0.5
     #: SDO timeout of the block download (``CO_SDOclientDownloadInitiate(…, 15 s, blockEnable)``)
@@ -52,9 +59,12 @@ class MasterTiming:
     #: the size write with ``OTA_WITH_SEQUENTIAL_WRITES``: ``esp_ota_begin`` erases nothing up front
     #: (an estimate for the partition lookup)
     size_write_time: float = 0.01
-    #: erasing the whole 1.25 MB partition before answering the size write, as firmware before the
-    #: 2026-09-30 fix did (fault ``full_erase_first``): 20 blocks of 64 KB at ~150 ms each
-    partition_erase_time: float = 3.0
+    #: FW-main's ``esp_ota_begin`` erasing before it answers the size write: "blocks … for 200-500ms"
+    #: (``CanOpenOTA.cpp:202-208`` @063e5a6), the upper bound, which outlasts the master's 250 ms. Only
+    #: the first size write after a boot pays it: the sectors are blank when the host retries, and a
+    #: retry "usually succeeds" (FIRMWARE_VERSIONING.md @33e3850) — why is our assumption (a NOR flash
+    #: erases a blank sector faster)
+    partition_erase_time: float = 0.5
     #: a slave reboots this long after it committed an image: the deferred restart that lets the SDO
     #: end response go out (§2.2 step 5)
     ota_reboot_delay: float = 2.0

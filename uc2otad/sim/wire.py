@@ -6,9 +6,10 @@ Written from ``shared/specs/uc2-stack.md`` §2 (and the FW-main sources it cites
 - input: bytes outside a JSON object are ignored; ``{`` starts one, braces are counted (without regard
   to strings, as the firmware counts them) into an 8 KiB buffer, and at balance the text is parsed —
   the newline is a convention, not a delimiter (``SerialProcess.cpp::loop``);
-- output: replies as ``++\\n<compact JSON>\\n--\\n``; streaming status as a bare JSON line; the debug log
-  as ``[I][file.cpp:NN] …`` lines (Arduino) and ``I (ms) TAG: …`` lines (ESP-IDF);
-- an int result of a handler becomes ``{"qid": <result>, "success": 1|0|-1}``.
+- output: replies as ``++\\n<compact JSON>\\n--\\n`` and a NUL; streaming status as a bare JSON line;
+  the debug log as ``[I][file.cpp:NN] …`` lines (Arduino) and ``I (ms) TAG: …`` lines (ESP-IDF);
+- an int result of a handler becomes ``{"qid": <result>, "success": 1|0|-1}``; an unknown task is
+  answered with the int result -1.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ INPUT_BUFFER_BYTES = 8192
 PARSE_ERROR = "Failed to parse JSON"
 #: its answer to an object longer than the input buffer
 OVERFLOW_ERROR = "Input buffer overflow"
+#: what follows every framed reply: the C string's terminator, written with it (see :func:`reply_frame`)
+FRAME_TERMINATOR = b"\0"
+#: ``jsonProcessor``'s answer to a task it does not know: ``serialize(-1)``, the int reply
+#: ``{"qid":-1,"success":-1}`` (``SerialProcess.cpp:831`` @063e5a6; ``:720`` @14fa3e3)
+UNKNOWN_TASK_RESULT = -1
 
 #: what a classic ESP32 (the CAN HAT) prints from ROM after a software reset, at the ROM's 115200 baud
 ROM_BOOT_BANNER = (
@@ -100,8 +106,12 @@ def compact(value: Any) -> bytes:
 
 
 def reply_frame(value: Any) -> bytes:
-    """A framed reply: ``SerialProcess::safeSendJsonString``."""
-    return b"++\n" + compact(value) + b"\n--\n"
+    """A framed reply, and the NUL that ends the firmware's buffer: both writers of frames queue
+    ``strlen(buffer) + 1`` bytes ("Include newline", but the byte after ``--\\n`` is the terminator):
+    ``safeSendJsonString`` and ``serialize(int)`` (``SerialProcess.cpp:283, 555`` @063e5a6; the same at
+    ``:263, 509`` @14fa3e3), and ``serialOutputTask`` writes ``msg.length`` bytes (``:119`` @063e5a6).
+    The NUL arrives at the start of whatever the master writes next."""
+    return b"++\n" + compact(value) + b"\n--\n" + FRAME_TERMINATOR
 
 
 def bare_line(value: Any) -> bytes:

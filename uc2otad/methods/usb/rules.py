@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from uc2otad.errors import ImageFormatError, ImageRefusedError
 from uc2otad.firmware.image import ImageInfo, ImageKind, parse_image
 from uc2otad.methods.usb.chips import BOOTLOADER_OFFSET
-from uc2otad.methods.verify import image_build
 
 #: where an app image goes: the first app partition of every UC2 partition table (uc2-stack.md §6)
 APP_OFFSET = 0x10000
@@ -120,3 +119,9 @@ def _check_bootloader_offset(info: ImageInfo, name: str, board_chip: str) -> Non
             f"but {board_chip} boots from 0x{expected:x} (the board would print "
             "'invalid header: 0xffffffff' and boot-loop)"
         )
+
+
+def image_build(info: ImageInfo) -> str | None:
+    """The image's compile time as ``__DATE__ " " __TIME__`` writes it: ``"Sep 30 2026 09:26:22"``."""
+    desc = info.app_desc
+    return f"{desc.date} {desc.time}" if desc is not None and desc.date else None
