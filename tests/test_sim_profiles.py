@@ -130,7 +130,7 @@ async def test_a_node_in_a_short_reboot_stays_idle_in_a_scan_without_its_identit
 
 
 async def test_a_node_unheard_for_the_liveness_window_is_unreachable(tmp_path: Path) -> None:
-    timing = replace(TIMING, node_liveness=0.2)
+    timing = replace(TIMING, node_liveness=1.0)  # long enough for the first scan on a loaded machine
     async with scope_and_client(tmp_path, timing=timing) as (scope, client):
         scope.master.set_node_online(NODE, False)
         entry = await scan_entry(client)
