@@ -33,9 +33,9 @@ from espimage import build_app_image
 
 from uc2otad.api import names
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
+from uc2otad.sim.profiles import Profile
 from uc2otad.sim.timing import MasterTiming
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 
@@ -58,7 +58,7 @@ async def run_batch(
     firmware.mkdir()
     (firmware / IMAGE_NAME).write_bytes(image)
     timing = MasterTiming(wifi_network_delay=rtt)
-    config = SimConfig(nodes=tuple(map(default_node, boards)), master_kind=MasterKind.LEGACY, timing=timing,
+    config = SimConfig(nodes=tuple(map(default_node, boards)), profile=Profile.LEGACY, timing=timing,
                        serial_link=workdir / "ttyHAT", socket=False, ota_port=free_port(),
                        firmware_dir=firmware)  # fmt: skip
     (workdir / "bus").mkdir()

@@ -31,6 +31,7 @@ FAST = MasterTiming(
     node_boot_time=0.05,
     ota_reboot_delay=0.0,
     size_write_time=0.0,
+    ota_commit_time=0.0,
     sdo_server_timeout=0.3,
     ota_idle_reset=0.5,
     partition_erase_time=0.4,

@@ -31,6 +31,7 @@ from uc2otad.engine.status import ERROR_ROWS
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import NodeFaults, default_node
+from uc2otad.sim.profiles import DEFAULT_PROFILE, Profile
 from uc2otad.sim.timing import MasterTiming
 
 IMAGE_NAME = "esp32_UC2_canopen_slave_motor_release_motX.bin"
@@ -45,11 +46,19 @@ def config(*, retries: int = 0, retry_delay: float = 0.05, read_timeout: float =
 
 
 def scope_of(
-    tmp_path: Path, faults: NodeFaults | None = None, timing: MasterTiming = TIMING
+    tmp_path: Path,
+    faults: NodeFaults | None = None,
+    timing: MasterTiming = TIMING,
+    profile: Profile = DEFAULT_PROFILE,
 ) -> VirtualMicroscope:
     node = replace(default_node(NODE), faults=faults or NodeFaults())
     settings = SimConfig(
-        nodes=(node,), timing=timing, serial_link=tmp_path / "ttyHAT", socket=False, ota_port=0
+        nodes=(node,),
+        timing=timing,
+        profile=profile,
+        serial_link=tmp_path / "ttyHAT",
+        socket=False,
+        ota_port=0,
     )
     return VirtualMicroscope(settings)
 
@@ -131,11 +140,13 @@ async def test_a_master_error_on_the_first_attempt_is_retried_and_the_second_suc
     caddy: CaddyServer,
     tmp_path: Path,
 ) -> None:
-    # firmware before 2026-09-30 erases the whole partition at the first size write after a boot, longer
-    # than the master waits: it answers size_write_failed, and the retry finds the partition erased. The
-    # retry comes once the erase is over (on hardware ~3 s; the document's 5 s between attempts)
+    # July 2026 firmware (fw-main-2026-07) erases at the first size write after a boot before it answers
+    # (CanOpenOTA.cpp:202-208 @063e5a6), longer than its master's 250 ms (CANopenModule.h:61): the master
+    # answers size_write_failed, and the retry finds the sectors blank. The retry comes once the erase is
+    # over (the document's 5 s between attempts)
     await asyncio.to_thread((caddy.root / IMAGE_NAME).write_bytes, IMAGE)
-    async with scope_of(tmp_path, NodeFaults(full_erase_first=True)) as scope:
+    july = replace(TIMING, size_write_timeout=None)  # the master profile's 250 ms
+    async with scope_of(tmp_path, timing=july, profile=Profile.FW_MAIN_2026_07) as scope:
         retry_delay = 2 * TIMING.partition_erase_time
         await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", caddy.url,
                            config=config(retries=1, retry_delay=retry_delay))  # fmt: skip

@@ -27,9 +27,9 @@ from test_daemon_update import StatusSignals
 from uc2otad.api import names
 from uc2otad.engine.status import ERROR_ROWS
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import NodeFaults, NodeSpec, default_node
+from uc2otad.sim.profiles import Profile
 from uc2otad.sim.timing import MasterTiming
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 
@@ -80,7 +80,7 @@ async def signals(client: MessageBus) -> AsyncIterator[StatusSignals]:
 
 
 def legacy_scope(tmp_path: Path, *nodes: NodeSpec, timing: MasterTiming = TIMING) -> VirtualMicroscope:
-    config = SimConfig(nodes=nodes or (default_node(NODE),), master_kind=MasterKind.LEGACY, timing=timing,
+    config = SimConfig(nodes=nodes or (default_node(NODE),), profile=Profile.LEGACY, timing=timing,
                        serial_link=tmp_path / "ttyHAT", socket=False, ota_port=free_port())  # fmt: skip
     return VirtualMicroscope(config)
 

@@ -18,22 +18,25 @@ import pytest
 from espimage import build_app_image
 
 from uc2otad.errors import LinkBusyError, LinkTimeoutError, MasterError, MasterUnsupportedError
-from uc2otad.links.ota_stream import StreamSettings
+from uc2otad.links.ota_stream import StreamResult, StreamSettings
 from uc2otad.links.serial_hat import HatSettings, SerialHatLink
+from uc2otad.sim.app_desc import module_build
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind
 from uc2otad.sim.microscope import VirtualMicroscope
-from uc2otad.sim.nodes import UNVERSIONED, NodeFaults, NodeSpec, default_node
+from uc2otad.sim.nodes import NodeFaults, NodeSpec, default_node
 from uc2otad.sim.ota_objects import OtaStatus
+from uc2otad.sim.profiles import UNVERSIONED, Profile
 from uc2otad.sim.timing import MasterTiming
 
 NODE = 11
 OLD_VERSION = default_node(NODE).version
 NEW_VERSION = "v2099.4.0"
-NEW_BUILD = "Nov 27 2026 13:14:15"
 #: about 20 KB: four chunks of 4096 and a partial one
 IMAGE = build_app_image("esp32s3", version=NEW_VERSION, date="Nov 27 2026", time="13:14:15",
                         segment_sizes=(0x2000, 0x400, 0x1000, 0x1800))  # fmt: skip
+#: the build a CANopen board reports once it runs IMAGE: its CANopen module's compile time, never the app
+#: descriptor's "Nov 27 2026 13:14:15" (CANopenModule.cpp:1250-1251 @063e5a6; uc2otad.sim.app_desc)
+NEW_BUILD = module_build(IMAGE)
 #: the firmware's delays, shrunk: every fault shows within a fraction of a second
 TIMING = MasterTiming(
     sdo_time=0.0,
@@ -69,7 +72,7 @@ async def microscope(tmp_path: Path, *nodes: NodeSpec, **config: object) -> Asyn
 
 @asynccontextmanager
 async def linked(scope: VirtualMicroscope) -> AsyncIterator[SerialHatLink]:
-    link = SerialHatLink(scope.pty.url, settings=LINK)
+    link = SerialHatLink(scope.pty.url, baud=scope.master.baud, settings=LINK)  # legacy HATs: 115200
     await link.open()
     try:
         yield link
@@ -88,24 +91,38 @@ async def still_old(scope: VirtualMicroscope, link: SerialHatLink) -> None:
     assert scope.master.slave(NODE).running_image is None
 
 
+# a CANopen board always reports: the former "reports nothing" case has no firmware behind it
 @pytest.mark.parametrize(
-    ("reports", "fw_version", "build"),
-    [("version", NEW_VERSION, NEW_BUILD), ("build", UNVERSIONED, NEW_BUILD), ("none", None, None)],
+    ("profile", "fw_version", "build"),
+    [(Profile.FW_2026_09, NEW_VERSION, NEW_BUILD), (Profile.FW_MAIN_2026_07, UNVERSIONED, NEW_BUILD)],
 )
 async def test_the_image_arrives_intact_and_after_its_reboot_the_slave_reports_it_in_its_style(
-    tmp_path: Path, reports: str, fw_version: str | None, build: str | None
+    tmp_path: Path, profile: Profile, fw_version: str, build: str
 ) -> None:
-    spec = replace(default_node(NODE), reports=reports)  # type: ignore[arg-type]
     progress: list[tuple[int, int]] = []
     flashing: list[bool] = []
-    async with microscope(tmp_path, spec) as scope, linked(scope) as link:
-        result = await link.stream_ota(
-            NODE,
-            IMAGE,
-            progress=lambda done, total: progress.append((done, total)),
-            on_flashing=lambda: flashing.append(True),
-        )
+    timing = replace(TIMING, size_write_timeout=None)  # the master's own: 20 s, or 250 ms in July 2026
+    async with microscope(tmp_path, profile=profile, timing=timing) as scope, linked(scope) as link:
         slave = scope.master.slave(NODE)
+
+        async def stream() -> StreamResult:
+            return await link.stream_ota(
+                NODE,
+                IMAGE,
+                progress=lambda done, total: progress.append((done, total)),
+                on_flashing=lambda: flashing.append(True),
+            )
+
+        try:
+            result = await stream()
+        except MasterError as err:
+            # July 2026 firmware: the first size write after a boot outlasts the master's 250 ms
+            # (CanOpenOTA.cpp:202-208, CANopenModule.h:61 @063e5a6); the host's retry succeeds
+            if profile is not Profile.FW_MAIN_2026_07 or err.code != "size_write_failed":
+                raise
+            async with asyncio.timeout(2):
+                await slave.wait_until(lambda erased: not erased.busy)
+            result = await stream()
         async with asyncio.timeout(2):
             await slave.wait_until(lambda booted: booted.running_image is not None and booted.reachable)
         node = (await link.scan()).node(NODE)
@@ -192,10 +209,14 @@ async def test_every_failure_in_the_master_is_a_typed_master_error_and_nothing_c
 async def test_a_first_attempt_that_fails_the_size_write_is_followed_by_a_retry_that_succeeds(
     tmp_path: Path,
 ) -> None:
-    # firmware before the 2026-09-30 fix: the slave erases its whole partition before it answers the size
-    # write, the master waits less than that (uc2-stack.md §8 item 5)
-    spec = replace(default_node(NODE), faults=NodeFaults(full_erase_first=True))
-    async with microscope(tmp_path, spec) as scope, linked(scope) as link:
+    # July 2026 firmware (fw-main-2026-07): the slave's esp_ota_begin erases before it answers the size
+    # write (CanOpenOTA.cpp:202-208 @063e5a6), the master waits only writeSDO_u32's 250 ms
+    # (CANopenModule.h:61 @063e5a6); the master's timeout comes from its profile here
+    timing = replace(TIMING, size_write_timeout=None)
+    async with (
+        microscope(tmp_path, profile=Profile.FW_MAIN_2026_07, timing=timing) as scope,
+        linked(scope) as link,
+    ):
         with pytest.raises(MasterError) as caught:
             await link.stream_ota(NODE, IMAGE)
         assert caught.value.code == "size_write_failed"
@@ -247,7 +268,7 @@ async def test_a_master_that_stops_answering_mid_stream_is_a_timeout_and_the_lin
 
 async def test_a_legacy_master_is_not_asked_to_stream(tmp_path: Path) -> None:
     commands: list[object] = []
-    async with microscope(tmp_path, master_kind=MasterKind.LEGACY) as scope, linked(scope) as link:
+    async with microscope(tmp_path, profile=Profile.LEGACY) as scope, linked(scope) as link:
         scope.master.on_command = commands.append
         with pytest.raises(MasterUnsupportedError, match="legacy master"):
             await link.stream_ota(NODE, IMAGE)

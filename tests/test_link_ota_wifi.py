@@ -9,6 +9,7 @@ the slave reboots into it.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -22,10 +23,11 @@ from uc2otad.links.base import TRAFFIC
 from uc2otad.links.ota_wifi import WifiOtaSettings
 from uc2otad.links.serial_hat import HatSettings, SerialHatLink
 from uc2otad.methods.arduino_ota import ArduinoOtaUploader, UploadSettings
+from uc2otad.sim.canopen_slave import CanOpenSlave
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import NodeFaults, NodeSpec, default_node
+from uc2otad.sim.profiles import Profile
 from uc2otad.sim.timing import MasterTiming
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 
@@ -43,10 +45,11 @@ UPLOAD = UploadSettings(invite_timeout=0.3, invite_attempts=3, accept_timeout=1.
 async def legacy_microscope(
     tmp_path: Path, *nodes: NodeSpec, **config: object
 ) -> AsyncIterator[tuple[VirtualMicroscope, SerialHatLink]]:
-    settings = SimConfig(nodes=nodes or (default_node(NODE),), master_kind=MasterKind.LEGACY, timing=TIMING,
+    settings = SimConfig(nodes=nodes or (default_node(NODE),), profile=Profile.LEGACY, timing=TIMING,
                          serial_link=tmp_path / "tty", socket=False, ota_port=0)  # fmt: skip
     async with VirtualMicroscope(replace(settings, **config)) as scope:  # type: ignore[arg-type]
-        link = SerialHatLink(scope.pty.url, settings=LINK)
+        # the master's own baud: the legacy HAT build's 115200 (PinConfig.h:31 @14fa3e3)
+        link = SerialHatLink(scope.pty.url, baud=scope.master.baud, settings=LINK)
         await link.open()
         try:
             yield scope, link
@@ -54,11 +57,18 @@ async def legacy_microscope(
             await link.close()
 
 
+async def listening(slave: CanOpenSlave) -> None:
+    """Until the slave's ArduinoOTA is bound: ``ota_listen_delay`` after its success ack."""
+    async with asyncio.timeout(2):
+        await slave.wait_until(lambda node: node.wifi.board is not None)
+
+
 async def test_the_slave_joins_serves_arduino_ota_and_reboots_into_the_uploaded_image(tmp_path: Path) -> None:
     async with legacy_microscope(tmp_path) as (scope, link):
         accepted: list[object] = []
         result = await link.start_wifi_ota(NODE, DEFAULT_SSID, DEFAULT_PASSWORD, on_accepted=accepted.append)
         slave = scope.master.slave(NODE)
+        await listening(slave)  # ota_port 0: the port is known once ArduinoOTA is bound
         assert slave.wifi.board is not None
         upload = await ArduinoOtaUploader(result.ip, port=slave.wifi.board.port, settings=UPLOAD).upload(
             IMAGE
@@ -104,6 +114,7 @@ async def test_a_slave_that_cannot_join_or_serve_is_a_typed_wifi_error(
 async def test_asked_again_with_the_same_ssid_the_serving_slave_only_confirms(tmp_path: Path) -> None:
     async with legacy_microscope(tmp_path) as (scope, link):
         first = await link.start_wifi_ota(NODE, DEFAULT_SSID, DEFAULT_PASSWORD)
+        await listening(scope.master.slave(NODE))
         board = scope.master.slave(NODE).wifi.board
         again = await link.start_wifi_ota(NODE, DEFAULT_SSID, DEFAULT_PASSWORD)
         assert (again, scope.master.slave(NODE).wifi.board) == (first, board)
@@ -126,7 +137,7 @@ async def test_a_slave_off_the_bus_never_answers(tmp_path: Path) -> None:
 
 async def test_a_canopen_master_is_not_asked_for_wifi_ota(tmp_path: Path) -> None:
     commands: list[object] = []
-    async with legacy_microscope(tmp_path, master_kind=MasterKind.CANOPEN) as (scope, link):
+    async with legacy_microscope(tmp_path, profile=Profile.FW_2026_09) as (scope, link):
         scope.master.on_command = commands.append
         with pytest.raises(MasterUnsupportedError, match="CANopen master"):
             await link.start_wifi_ota(NODE, DEFAULT_SSID, DEFAULT_PASSWORD)
@@ -142,3 +153,31 @@ async def test_the_wifi_password_reaches_no_log_on_either_side(
         result = await link.start_wifi_ota(NODE, DEFAULT_SSID, secret)
     assert result.status == 0  # it did travel, over the pty and the CAN bus
     assert secret not in caplog.text
+
+
+async def test_an_invitation_sent_before_arduino_ota_listens_is_lost_and_a_later_try_is_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FW-legacy acks before mDNS and ArduinoOTA.begin() (can_controller.cpp:2377 vs :2451 @14fa3e3): the
+    # host, inviting at once, finds no socket; the uploader's default tries (espota's 10) recover it
+    node = default_node(NODE)
+    port = await asyncio.to_thread(free_udp_port, node.ip)
+    settings = UploadSettings(invite_timeout=0.2, accept_timeout=1.0, chunk_timeout=1.0, host_ip="127.0.0.1")
+    timing = replace(TIMING, ota_listen_delay=0.5)
+    async with legacy_microscope(tmp_path, timing=timing, ota_port=port) as (scope, link):
+        joined = await link.start_wifi_ota(NODE, DEFAULT_SSID, DEFAULT_PASSWORD)
+        slave = scope.master.slave(NODE)
+        assert slave.wifi.board is None  # acknowledged, not listening yet
+        upload = await ArduinoOtaUploader(joined.ip, port=port, settings=settings).upload(IMAGE)
+        async with asyncio.timeout(2):
+            await slave.wait_until(lambda booted: booted.running_image == IMAGE and booted.reachable)
+    assert upload.size == len(IMAGE)
+    assert f"no answer to invitation attempt=1/{settings.invite_attempts}" in caplog.text
+    assert settings.invite_attempts == 10
+
+
+def free_udp_port(ip: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((ip, 0))
+        port: int = probe.getsockname()[1]
+        return port

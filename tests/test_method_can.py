@@ -1,7 +1,8 @@
 """The streaming method end to end: firmware server → cache → link → virtual master → CAN slave → scan.
 
 What a client sees is the status sequence of CONTRACT.md §2 and, at the end, success with the evidence
-the board gave (its version, its build time, or only the transfer for firmware that reports neither).
+the board gave (its release string, a build that changed since the scan before the update, or only the
+transfer when the scan cannot tell).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from caddy import CaddyServer
-from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, linked, microscope
+from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, TIMING, linked, microscope
 
 from uc2otad.engine.jobs import JobContext
 from uc2otad.engine.status import BoardStatus
@@ -24,10 +25,12 @@ from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer
+from uc2otad.links.commands import NodeInfo
 from uc2otad.links.serial_hat import SerialHatLink
 from uc2otad.methods.can import CanStreamMethod
 from uc2otad.methods.verify import VerifySettings
 from uc2otad.sim.nodes import default_node
+from uc2otad.sim.profiles import Profile
 
 QUICK_VERIFY = VerifySettings(settle=0.05, window=3.0, interval=0.05)
 
@@ -49,25 +52,43 @@ async def repository(caddy: CaddyServer, tmp_path: Path) -> FirmwareRepository:
     return FirmwareRepository(FirmwareServer(caddy.url), FirmwareCache(tmp_path / "cache"), table)
 
 
-def method(link: SerialHatLink, repository: FirmwareRepository, verify: VerifySettings = QUICK_VERIFY) -> Any:
+def method(
+    link: SerialHatLink,
+    repository: FirmwareRepository,
+    verify: VerifySettings = QUICK_VERIFY,
+    before: NodeInfo | None = None,
+) -> Any:
     @asynccontextmanager
     async def use(_purpose: str) -> AsyncIterator[SerialHatLink]:
         yield link
 
-    return CanStreamMethod(use, lambda: repository.obtain(NODE), verify)
+    return CanStreamMethod(use, lambda: repository.obtain(NODE), verify, before=before)
 
 
+# the board's firmware decides the evidence: 2026-09 reports the image's release string; July 2026
+# firmware reports the fixed "UC2-ESP v2.0" and its CANopen module's build (CANopenModule.cpp:1248-1251
+# @063e5a6), so only a build that changed since the scan before the update shows the new image — and
+# without that scan only the transfer (the master's CRC check) speaks. The old "reports nothing" board
+# has no firmware behind it: a CANopen board always reports.
 @pytest.mark.parametrize(
-    ("reports", "evidence"), [("version", "version"), ("build", "build"), ("none", "transfer")]
+    ("profile", "scanned_before", "evidence"),
+    [
+        (Profile.FW_2026_09, True, "version"),
+        (Profile.FW_MAIN_2026_07, True, "build"),
+        (Profile.FW_MAIN_2026_07, False, "transfer"),
+    ],
 )
 async def test_a_streamed_update_walks_the_contracts_sequence_and_names_its_evidence(
-    tmp_path: Path, repository: FirmwareRepository, reports: str, evidence: str
+    tmp_path: Path, repository: FirmwareRepository, profile: Profile, scanned_before: bool, evidence: str
 ) -> None:
     seen = Recorder()
     job = JobContext("job-1", NODE, BoardStatus(NODE, "can", seen), {})
-    spec = replace(default_node(NODE), reports=reports)  # type: ignore[arg-type]
-    async with microscope(tmp_path, spec) as scope, linked(scope) as link:
-        await method(link, repository).run(job)
+    spec = replace(default_node(NODE), profile=profile)
+    # a 2026-09 master (its 20 s size write outlasts a July slave's erase, so one attempt does it)
+    timing = replace(TIMING, size_write_timeout=None)
+    async with microscope(tmp_path, spec, timing=timing) as scope, linked(scope) as link:
+        before = (await link.scan()).node(NODE) if scanned_before else None
+        await method(link, repository, before=before).run(job)
         assert scope.master.slave(NODE).running_image == IMAGE
 
     steps = [(s["upload_status"], s["upload_progress"]) for s in seen.published]

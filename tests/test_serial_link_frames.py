@@ -108,3 +108,25 @@ def test_crlf_line_ends_are_accepted() -> None:
 def test_a_log_line_ending_in_plus_signs_does_not_open_a_frame() -> None:
     items = parse(b"[D][Counter.cpp:10] i++\n" + line({"ota_rx": 8}))
     assert of_type(items, FrameType.LINE) == [{"ota_rx": 8}]
+
+
+@pytest.mark.parametrize("split", [0, 1], ids=["one write", "byte by byte"])
+def test_the_nul_after_every_frame_opens_the_next_line_and_hides_nothing(split: int) -> None:
+    # FW-main and FW-legacy write each frame as strlen + 1 bytes: its NUL comes first on the next line
+    # (SerialProcess.cpp:283, 555 @063e5a6), before another frame, a bare status line or the log
+    nul = b"\x00"
+    data = (
+        frame(REPLY) + nul + frame({"qid": 1, "success": 1}) + nul + line({"ota_rx": 4096})
+        + frame({"ota_status": "flashing"}) + nul + LOG + frame({"qid": 2}) + nul + IDF_LOG
+        + frame({"qid": 3}) + nul
+    )  # fmt: skip
+    chunks = [data[i : i + 1] for i in range(len(data))] if split else [data]
+    items = parse(*chunks)
+    assert [kind for kind, _ in items] == [
+        FrameType.FRAME, FrameType.FRAME, FrameType.LINE, FrameType.FRAME, FrameType.LOG, FrameType.FRAME,
+        FrameType.LOG, FrameType.FRAME,
+    ]  # fmt: skip
+    assert of_type(items, FrameType.FRAME) == [REPLY, {"qid": 1, "success": 1}, {"ota_status": "flashing"},
+                                               {"qid": 2}, {"qid": 3}]  # fmt: skip
+    assert of_type(items, FrameType.LINE) == [{"ota_rx": 4096}]
+    assert of_type(items, FrameType.LOG) == [LOG.decode().strip(), IDF_LOG.decode().strip()]

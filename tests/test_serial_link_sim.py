@@ -26,9 +26,10 @@ from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.links.serial_hat import LEGACY_BAUD, HatSettings, SerialHatLink
 from uc2otad.retry import RetryPolicy
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind, MasterTiming
+from uc2otad.sim.master import MasterTiming
 from uc2otad.sim.microscope import VirtualMicroscope
-from uc2otad.sim.nodes import UNVERSIONED, NodeSpec, default_node
+from uc2otad.sim.nodes import NodeSpec, default_node
+from uc2otad.sim.profiles import UNVERSIONED, Profile
 
 FAST_TIMING = MasterTiming(
     sdo_time=0.0005,
@@ -37,6 +38,8 @@ FAST_TIMING = MasterTiming(
     restart_delay=0.0,
     node_boot_time=0.3,
     master_boot_time=0.05,
+    heartbeat_interval=0.05,
+    node_liveness=0.3,  # the firmware's 5 s (CANopenModule.cpp:611-633 @063e5a6), shrunk
 )
 FAST = HatSettings(
     request_timeout=0.5,
@@ -47,11 +50,12 @@ FAST = HatSettings(
     read_interval=0.01,
     reconnect=RetryPolicy(attempts=1000, first_delay=0.01, factor=1.0, max_delay=0.01),
 )
-#: a bus with one node of each kind of report, an offline laser and a node outside the routing table
+#: a bus with a node of each CANopen firmware generation, an offline laser and a node outside the routing
+#: table (a CANopen board always reports: there is no node that reports nothing)
 MIXED_NODES = (
     default_node(10),
-    replace(default_node(11), reports="build", version="v2025.12.0"),
-    replace(default_node(12), reports="none"),
+    replace(default_node(11), profile=Profile.FW_MAIN_2026_07, version="v2025.12.0"),
+    default_node(12),
     replace(default_node(20), online=False),
     replace(default_node(30), image="esp32_UC2_canopen_slave_led_release.bin"),
     replace(default_node(41), routed=False),
@@ -112,6 +116,8 @@ async def test_identity_of_a_canopen_master(link: SerialHatLink, scope: VirtualM
         True,
         scope.config.master_version,
     )
+    # the firmware pastes __DATE__ "" __TIME__ (State.h:12 @063e5a6); the link puts the space back
+    assert identity.build_date == scope.config.master_build
 
 
 async def test_a_scan_lists_the_routed_nodes_with_what_each_reports(link: SerialHatLink) -> None:
@@ -122,8 +128,10 @@ async def test_a_scan_lists_the_routed_nodes_with_what_each_reports(link: Serial
         node = result.node(spec.can_id)
         assert node is not None
         assert (node.role, node.device_type, node.reachable) == (spec.role, spec.device_type, spec.online)
-        reported = spec.online and spec.reports != "none"
-        expected_version = {"version": spec.version, "build": UNVERSIONED}.get(spec.reports)
+        reported = spec.online
+        # July 2026 firmware reports the fixed "UC2-ESP v2.0" (CANopenModule.cpp:1248-1249 @063e5a6)
+        expected_version = UNVERSIONED if spec.profile is Profile.FW_MAIN_2026_07 else spec.version
+        assert node.answered == reported
         assert node.fw_version == (expected_version if reported else None)
         assert (node.build, node.mac) == ((spec.build, spec.mac) if reported else (None, None))
         assert node.fw_image == (spec.image or None if reported else None)
@@ -155,11 +163,14 @@ async def test_bus_health(link: SerialHatLink) -> None:
 
 async def test_a_restarted_node_leaves_the_bus_and_comes_back(link: SerialHatLink) -> None:
     await link.restart_node(10)
-    assert not node_in(await link.scan(), 10).reachable
+    # the master heard it a moment ago: the firmware still lists it as idle (status 0) for its liveness
+    # window, but its SDO reads fail (CANopenModule.cpp:611-633, 1581-1612 @063e5a6)
+    gone = node_in(await link.scan(), 10)
+    assert not gone.answered and gone.fw_version is None
     async with asyncio.timeout(2):  # scans take turns with the node's boot (0.3 s here)
-        while not (node := node_in(await link.scan(), 10)).reachable:
+        while not (node := node_in(await link.scan(), 10)).answered:
             pass
-    assert node.fw_version == default_node(10).version
+    assert node.reachable and node.fw_version == default_node(10).version
 
 
 async def test_restarting_a_node_that_is_not_on_the_bus_is_a_master_error(link: SerialHatLink) -> None:
@@ -171,16 +182,23 @@ async def test_a_node_switched_offline_and_back_shows_in_the_next_scans(
     link: SerialHatLink, scope: VirtualMicroscope
 ) -> None:
     scope.master.set_node_online(10, False)
-    assert not node_in(await link.scan(), 10).reachable
+    # at once its reads fail; unheard for node_liveness it is unreachable (CANopenModule.cpp:611-633)
+    assert not node_in(await link.scan(), 10).answered
+    async with asyncio.timeout(2):
+        while node_in(await link.scan(), 10).reachable:
+            pass
     scope.master.set_node_online(10, True)
-    assert node_in(await link.scan(), 10).reachable
+    async with asyncio.timeout(2):  # heard again at its next heartbeat
+        while not (node := node_in(await link.scan(), 10)).answered:
+            pass
+    assert node.reachable
 
 
 async def test_a_legacy_master_is_told_apart_and_scans_in_the_short_form(tmp_path: Path) -> None:
     nodes = (default_node(11), default_node(20), default_node(40))
     async with (
-        running(tmp_path, nodes=nodes, master_kind=MasterKind.LEGACY) as scope,
-        linked(scope.pty.url) as link,
+        running(tmp_path, nodes=nodes, profile=Profile.LEGACY) as scope,
+        linked(scope.pty.url, baud=LEGACY_BAUD) as link,  # the legacy HAT build's 115200 (PinConfig.h:31)
     ):
         assert link.identity is not None
         assert (link.identity.is_canopen, link.identity.version, link.identity.pindef) == (

@@ -127,6 +127,7 @@ async def test_ready_line_a_working_microscope_and_nothing_left_after_sigterm(fi
         ready = running.ready
         assert re.fullmatch(r"/dev/pts/\d+", ready["serial_port"])
         assert (ready["baud"], ready["wifi"]) == (921600, {"ssid": "uc2-lab"})
+        assert (ready["master"], ready["profile"]) == ("canopen", "fw-2026-09")  # the newest, by default
         assert re.fullmatch(r"socket://127\.0\.0\.1:\d+", ready["rom_loader"])
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/firmware", ready["firmware_server"])
         defaults = SimConfig()
@@ -135,19 +136,19 @@ async def test_ready_line_a_working_microscope_and_nothing_left_after_sigterm(fi
                 "role": "motor",
                 "ip": "127.0.0.110",
                 "version": defaults.master_version,
-                "reports": "version",
+                "profile": "fw-2026-09",
             },
             "11": {
                 "role": "motor",
                 "ip": "127.0.0.111",
                 "version": defaults.master_version,
-                "reports": "version",
+                "profile": "fw-2026-09",
             },
             "20": {
                 "role": "laser",
                 "ip": "127.0.0.120",
                 "version": defaults.master_version,
-                "reports": "version",
+                "profile": "fw-2026-09",
             },
         }
 
@@ -184,22 +185,22 @@ async def test_sigint_stops_it_as_cleanly(tmp_path: Path) -> None:
 async def test_a_config_file_describes_the_microscope(tmp_path: Path) -> None:
     config = tmp_path / "sim.toml"
     text = (
-        '[master]\nkind = "legacy"\nbaud = 115200\n[wifi]\nssid = "bench"\n'
-        '[[nodes]]\nid = 11\nversion = "v2025.11.0"\nreports = "none"\n'
+        'profile = "fw-main-2026-07"\n[master]\nprofile = "legacy"\nbaud = 115200\n[wifi]\nssid = "bench"\n'
+        '[[nodes]]\nid = 11\nversion = "v2025.11.0"\nprofile = "legacy"\n'
         '[[nodes]]\nid = 70\nrole = "galvo"\n'
     )
     await asyncio.to_thread(config.write_text, text)
     default_version = SimConfig().nodes[0].version
     async with simulator("--config", str(config)) as running:
-        assert running.ready["master"] == "legacy"
+        assert (running.ready["master"], running.ready["profile"]) == ("legacy", "legacy")
         assert (running.ready["baud"], running.ready["wifi"]) == (115200, {"ssid": "bench"})
         assert running.ready["nodes"] == {
-            "11": {"role": "motor", "ip": "127.0.0.111", "version": "v2025.11.0", "reports": "none"},
-            "70": {
+            "11": {"role": "motor", "ip": "127.0.0.111", "version": "v2025.11.0", "profile": "legacy"},
+            "70": {  # no profile of its own: the microscope's
                 "role": "galvo",
                 "ip": "127.0.0.170",
                 "version": default_version,
-                "reports": "version",
+                "profile": "fw-main-2026-07",
             },
         }
         assert await stop(running, signal.SIGTERM) == 0
@@ -222,7 +223,10 @@ async def test_a_bad_option_exits_2_naming_the_key(args: list[str], key: str) ->
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('[master]\nkind = "quantum"\n', "master.kind"),
+        ('[master]\nprofile = "quantum"\n', "master.profile"),
+        ('profile = "quantum"\n', "profile"),
+        ('[[nodes]]\nid = 11\nprofile = "quantum"\n', "nodes[1].profile"),
+        ('[master]\nkind = "legacy"\n', "master.kind"),  # the old key: refused, not silently ignored
         ("[master]\nbaud = true\n", "master.baud"),
         ("[wifi]\npasword = 'typo'\n", "wifi.pasword"),
         ("[[nodes]]\nrole = 'motor'\n", "nodes[1].id"),

@@ -2,7 +2,7 @@
 
 The process is the real console script; the test talks to it only through what it prints (the port,
 the nodes' addresses) and the serial port, as uc2otad would: a CANopen master streams, a legacy master
-(``--master legacy``) relays the WiFi command and the slave takes an ArduinoOTA upload.
+(``--profile legacy``) relays the WiFi command and the slave takes an ArduinoOTA upload.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ async def uc2otad_sim(tmp_path: Path, *args: str, config: str = "") -> AsyncIter
 
 @asynccontextmanager
 async def linked(ready: dict[str, Any]) -> AsyncIterator[SerialHatLink]:
-    link = SerialHatLink(ready["serial_port"], settings=HatSettings(read_interval=0.01))
+    # at the baud the ready line names: a legacy HAT build's is 115200 (PinConfig.h:31 @14fa3e3)
+    link = SerialHatLink(ready["serial_port"], baud=ready["baud"], settings=HatSettings(read_interval=0.01))
     await link.open()
     try:
         yield link
@@ -123,7 +124,7 @@ async def test_a_legacy_microscope_takes_an_image_over_wifi(tmp_path: Path) -> N
     node_ip = default_node(11).ip
     ota_port = await asyncio.to_thread(free_udp_port, node_ip)
     async with (
-        uc2otad_sim(tmp_path, "--master", "legacy", config=f"[wifi]\nota_port = {ota_port}\n") as ready,
+        uc2otad_sim(tmp_path, "--profile", "legacy", config=f"[wifi]\nota_port = {ota_port}\n") as ready,
         linked(ready) as link,
     ):
         assert (ready["master"], ready["nodes"]["11"]["ip"]) == ("legacy", node_ip)

@@ -23,9 +23,9 @@ from uc2rest_client import connect, uc2rest
 
 from uc2otad.methods.arduino_ota import ArduinoOtaUploader, UploadSettings
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
+from uc2otad.sim.profiles import Profile
 from uc2otad.sim.timing import MasterTiming
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 
@@ -43,8 +43,8 @@ def uc2rest_module() -> ModuleType:
 
 
 @asynccontextmanager
-async def microscope(tmp_path: Path, kind: MasterKind) -> AsyncIterator[VirtualMicroscope]:
-    config = SimConfig(nodes=(default_node(MOTOR),), master_kind=kind, timing=TIMING,
+async def microscope(tmp_path: Path, profile: Profile) -> AsyncIterator[VirtualMicroscope]:
+    config = SimConfig(nodes=(default_node(MOTOR),), profile=profile, timing=TIMING,
                        serial_link=tmp_path / "ttyHAT", socket=False, ota_port=0)  # fmt: skip
     async with VirtualMicroscope(config) as scope:
         yield scope
@@ -76,7 +76,7 @@ async def test_uc2rest_streams_a_motor_update_through_the_virtual_master(
 ) -> None:
     firmware = tmp_path / "esp32_UC2_canopen_slave_motor_release_motX.bin"
     await asyncio.to_thread(firmware.write_bytes, IMAGE)
-    async with microscope(tmp_path, MasterKind.CANOPEN) as scope:
+    async with microscope(tmp_path, Profile.FW_2026_09) as scope:
         outcome = await asyncio.to_thread(stream_with_uc2rest, uc2rest_module, scope.pty.path, firmware)
         slave = scope.master.slave(MOTOR)
         async with asyncio.timeout(2):
@@ -87,9 +87,9 @@ async def test_uc2rest_streams_a_motor_update_through_the_virtual_master(
     assert slave.running_image == IMAGE
 
 
-def trigger_with_uc2rest(module: ModuleType, device: str) -> dict[str, Any]:
+def trigger_with_uc2rest(module: ModuleType, device: str, baud: int) -> dict[str, Any]:
     """``canota.start_ota_update`` with a general callback, as ImSwitch's ``registerOTACallback`` does."""
-    client = connect(module, device)
+    client = connect(module, device, baud)
     answered = threading.Event()
     answers: list[dict[str, Any]] = []
 
@@ -110,11 +110,16 @@ def trigger_with_uc2rest(module: ModuleType, device: str) -> dict[str, Any]:
 async def test_uc2rest_wifi_trigger_brings_an_address_that_takes_an_arduino_ota_upload(
     uc2rest_module: ModuleType, tmp_path: Path
 ) -> None:
-    async with microscope(tmp_path, MasterKind.LEGACY) as scope:
-        answer = await asyncio.to_thread(trigger_with_uc2rest, uc2rest_module, scope.pty.path)
+    async with microscope(tmp_path, Profile.LEGACY) as scope:
+        # at the legacy HAT build's 115200 (PinConfig.h:31 @14fa3e3), as a user of an old HAT sets it
+        answer = await asyncio.to_thread(
+            trigger_with_uc2rest, uc2rest_module, scope.pty.path, scope.master.baud
+        )
         assert answer.get("success") is True, f"no successful ota answer: {answer!r}"
         slave = scope.master.slave(MOTOR)
-        assert slave.wifi.board is not None  # serving: the answer came once ArduinoOTA was up
+        async with asyncio.timeout(2):  # ArduinoOTA listens ota_listen_delay after the answer (wifi_ota.py)
+            await slave.wait_until(lambda node: node.wifi.board is not None)
+        assert slave.wifi.board is not None
         settings = UploadSettings(
             invite_timeout=0.5, accept_timeout=2.0, chunk_timeout=2.0, host_ip="127.0.0.1"
         )

@@ -22,12 +22,14 @@ from uc2rest_client import connect, uc2rest
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.master import MasterTiming
 from uc2otad.sim.microscope import VirtualMicroscope
-from uc2otad.sim.nodes import UNVERSIONED, default_node
+from uc2otad.sim.nodes import default_node
+from uc2otad.sim.profiles import UNVERSIONED, Profile
 
+#: a board of each CANopen firmware generation and an offline one (a CANopen board always reports)
 NODES = (
     default_node(10),
-    replace(default_node(11), reports="build"),
-    replace(default_node(12), reports="none"),
+    replace(default_node(11), profile=Profile.FW_MAIN_2026_07),
+    default_node(12),
     replace(default_node(20), online=False),
     default_node(30),
 )
@@ -75,10 +77,11 @@ async def test_uc2rest_connects_and_its_scan_lists_the_slaves_with_versions(
     expected = {
         node.can_id: {
             "build": node.build,
-            "fwVersion": node.version if node.reports == "version" else UNVERSIONED,
+            # July 2026 firmware: the fixed "UC2-ESP v2.0" (CANopenModule.cpp:1248-1249 @063e5a6)
+            "fwVersion": UNVERSIONED if node.profile is Profile.FW_MAIN_2026_07 else node.version,
             "mac": node.mac,
         }
         for node in NODES
-        if node.online and node.reports != "none"
+        if node.online
     }
     assert seen["build_info"] == expected

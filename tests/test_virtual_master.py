@@ -19,10 +19,11 @@ import pytest
 from ptypeer import PtyClient
 
 from uc2otad.sim.config import SimConfig
-from uc2otad.sim.master import MasterKind, MasterTiming
+from uc2otad.sim.master import MasterTiming
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
-from uc2otad.sim.wire import INPUT_BUFFER_BYTES
+from uc2otad.sim.profiles import PROFILES, Profile
+from uc2otad.sim.wire import INPUT_BUFFER_BYTES, garbled
 
 TIMING = MasterTiming(sdo_time=0.0005, sdo_timeout=0.05, legacy_scan_wait=0.01, restart_delay=0.0,
                       node_boot_time=0.2, master_boot_time=0.02)  # fmt: skip
@@ -79,10 +80,11 @@ async def test_commands_split_and_merged_arbitrarily_are_all_answered(client: Pt
 async def test_replies_are_framed_exactly_as_the_firmware_frames_them(tmp_path: Path) -> None:
     async with running(tmp_path, log_noise=False) as scope, client_of(scope.pty.path) as client:
         client.send(b'{"task":"/state_get","qid":9}\n')
-        await client.wait_for(lambda: client.received.endswith(b"\n--\n"))
+        await client.wait_for(lambda: client.received.endswith(b"\n--\n\x00"))
         reply = bytes(client.received)
-        assert reply.startswith(b'++\n{"state":{') and reply.endswith(b',"qid":9}\n--\n')
-        body = reply[len(b"++\n") : -len(b"\n--\n")]
+        # the NUL: the firmware writes strlen + 1 bytes (SerialProcess.cpp:283, 555 @063e5a6)
+        assert reply.startswith(b'++\n{"state":{') and reply.endswith(b',"qid":9}\n--\n\x00')
+        body = reply[len(b"++\n") : -len(b"\n--\n\x00")]
         assert body == json.dumps(json.loads(body), separators=(",", ":")).encode()  # as cJSON prints
 
 
@@ -100,15 +102,25 @@ async def test_an_int_result_goes_into_qid_whatever_the_request_s_qid(client: Pt
     assert await client.reply() == {"qid": 1, "success": 1}
 
 
-async def test_an_unknown_task_is_not_answered(client: PtyClient) -> None:
+async def test_an_unknown_task_is_answered_with_the_int_result_minus_one(client: PtyClient) -> None:
+    # jsonProcessor's last branch, serialize(-1) (SerialProcess.cpp:831 @063e5a6, :720 @14fa3e3)
     client.send(b'{"task":"/nonexistent_get","qid":3}{"task":"/state_get","qid":4}')
+    assert await client.reply() == {"qid": -1, "success": -1}
     assert (await client.reply())["qid"] == 4
+    client.send(b'{"qid":5}{"task":7,"qid":6}{"task":"/state_get","qid":8}')  # no task: no answer at all
+    assert (await client.reply())["qid"] == 8
 
 
 async def test_the_identity_of_each_firmware_generation(tmp_path: Path) -> None:
-    for kind, pindef, has_version in ((MasterKind.CANOPEN, "UC2_canopen_master", True),
-                                      (MasterKind.LEGACY, "UC2_3_CAN_HAT_Master", False)):  # fmt: skip
-        async with running(tmp_path, master_kind=kind) as scope, client_of(scope.pty.path) as client:
+    # release string and image name only on 2026-09 firmware: July 2026's State::get has name, id, date
+    # and author (State.cpp:213-220 @063e5a6), and so has the legacy one
+    for profile, pindef, has_version in ((Profile.FW_2026_09, "UC2_canopen_master", True),
+                                         (Profile.FW_MAIN_2026_07, "UC2_canopen_master", False),
+                                         (Profile.LEGACY, "UC2_3_CAN_HAT_Master", False)):  # fmt: skip
+        async with (
+            running(tmp_path, profile=profile) as scope,
+            client_of(scope.pty.path, scope.master.baud) as client,
+        ):
             client.send(b'{"task":"/state_get","qid":2}')
             state = (await client.reply())["state"]
             assert state["pindef"] == pindef
@@ -134,15 +146,23 @@ async def test_a_canopen_scan_has_the_spec_s_entries(client: PtyClient) -> None:
 async def test_a_legacy_master_scans_only_its_id_ranges_and_acknowledges_ota_with_an_int(
     tmp_path: Path,
 ) -> None:
-    nodes = (default_node(11), default_node(40))
+    nodes = (default_node(11), default_node(20), default_node(30), default_node(40))
     async with (
-        running(tmp_path, master_kind=MasterKind.LEGACY, nodes=nodes) as scope,
-        client_of(scope.pty.path) as client,
+        running(tmp_path, profile=Profile.LEGACY, nodes=nodes) as scope,
+        client_of(scope.pty.path, PROFILES[Profile.LEGACY].baud) as client,
     ):
         client.send(b'{"task":"/can_act","scan":true,"qid":3}')
+        # the int reply at once, the scan frame legacy_scan_wait later (can_controller.cpp:1564, 2659-2681
+        # @14fa3e3); types by id range, named by the master (:829-838, 2631-2638)
+        assert await client.reply() == {"qid": 3, "success": 1}
         reply = await client.reply()
-        assert [entry["canId"] for entry in reply["scan"]] == [11]
-        assert set(reply["scan"][0]) == {"canId", "deviceType", "status", "deviceTypeStr", "statusStr"}
+        assert (reply["qid"], reply["count"]) == (3, 3)
+        assert reply["scan"] == [
+            {"canId": can_id, "deviceType": number, "status": 0, "deviceTypeStr": name, "statusStr": "idle"}
+            for can_id, number, name in ((11, 0, "motor"), (20, 1, "laser"), (30, 2, "led"))
+        ]
+        client.send(b'{"task":"/can_act","restart":11,"qid":7}')  # act() ends with `return qid` (:1610)
+        assert await client.reply() == {"qid": 7, "success": 1}
         ota = {"canid": 11, "ssid": "uc2-lab", "password": "uc2-lab-pass", "timeout": 300000}
         client.send(json.dumps({"task": "/can_act", "ota": ota, "qid": 8}).encode())
         assert await client.reply() == {"qid": 0, "success": 0}
@@ -150,24 +170,76 @@ async def test_a_legacy_master_scans_only_its_id_ranges_and_acknowledges_ota_wit
         assert await client.reply() == {"qid": -1, "success": -1}
 
 
-async def test_more_than_five_commands_at_once_overflow_the_firmware_queue(client: PtyClient) -> None:
-    client.send(b"".join(b'{"task":"/state_get","qid":%d}' % qid for qid in range(1, 9)))
-    await client.wait_for(lambda: client.received.count(b"Serial queue full") == 3)
-    assert [(await client.reply())["qid"] for _ in range(5)] == [1, 2, 3, 4, 5]
-    client.send(b'{"task":"/state_get","qid":20}')
-    assert (await client.reply())["qid"] == 20  # 6, 7 and 8 were dropped
+async def test_a_legacy_master_forgets_a_scan_asked_for_while_one_runs(tmp_path: Path) -> None:
+    # loop() clears the pending flag after the running scan (can_controller.cpp:2757-2761 @14fa3e3)
+    timing = replace(TIMING, legacy_scan_wait=0.2)
+    async with (
+        running(tmp_path, profile=Profile.LEGACY, timing=timing) as scope,
+        client_of(scope.pty.path, PROFILES[Profile.LEGACY].baud) as client,
+    ):
+        client.send(b'{"task":"/can_act","scan":true,"qid":3}{"task":"/can_act","scan":true,"qid":4}')
+        replies = [await client.reply() for _ in range(3)]
+        client.send(b'{"task":"/can_act","scan":true,"qid":6}')
+        replies += [await client.reply() for _ in range(2)]
+    assert [(reply["qid"], "scan" in reply) for reply in replies] == [
+        (3, False), (4, False), (3, True), (6, False), (6, True)
+    ]  # fmt: skip
 
 
-async def test_restart_acknowledges_then_the_node_is_gone_until_it_has_booted(client: PtyClient) -> None:
-    client.send(b'{"task":"/can_act","restart":11}')
-    assert await client.reply() == {"status": "ok", "nodeId": 11}
-    client.send(b'{"task":"/can_act","scan":true,"qid":1}')
-    assert (await client.reply())["scan"][0]["statusStr"] == "unreachable"
-    await client.wait_for(lambda: b"node 11 boot-up" in client.received)
-    client.send(b'{"task":"/can_act","scan":true,"qid":2}')
-    assert (await client.reply())["scan"][0]["statusStr"] == "idle"
-    client.send(b'{"task":"/can_act","restart":20}')
-    assert await client.reply() == {"status": "error", "error": "SDO write failed", "nodeId": 20}
+@pytest.mark.parametrize(
+    ("profile", "depth"),
+    [(Profile.FW_MAIN_2026_07, 16), (Profile.LEGACY, 5)],
+    ids=["FW-main 16", "FW-legacy 5"],
+)
+async def test_more_commands_at_once_than_the_firmware_queue_holds_are_dropped(
+    tmp_path: Path, profile: Profile, depth: int
+) -> None:
+    # serialMSGQueue = xQueueCreate(16, …) (SerialProcess.cpp:350 @063e5a6); xQueueCreate(5, …)
+    # (:326 @14fa3e3)
+    baud = PROFILES[profile].baud
+    async with running(tmp_path, profile=profile) as scope, client_of(scope.pty.path, baud) as client:
+        client.send(b"".join(b'{"task":"/state_get","qid":%d}' % qid for qid in range(1, depth + 4)))
+        await client.wait_for(lambda: client.received.count(b"Serial queue full") == 3)
+        assert [(await client.reply())["qid"] for _ in range(depth)] == list(range(1, depth + 1))
+        client.send(b'{"task":"/state_get","qid":200}')
+        assert (await client.reply())["qid"] == 200  # the last three were dropped
+
+
+async def test_restart_of_node_0_restarts_the_master_without_a_word(tmp_path: Path) -> None:
+    # CANopenModule.cpp:1679-1684 @063e5a6: the reply is built, then esp_restart() after 300 ms
+    timing = replace(TIMING, master_restart_delay=0.05)
+    async with running(tmp_path, timing=timing) as scope, client_of(scope.pty.path) as client:
+        client.send(b'{"task":"/can_act","restart":0,"qid":4}{"task":"/state_get","qid":5}')
+        # the ROM's banner, at 115200 baud: garbage at the client's 921600
+        banner = garbled(b"rst:0xc (SW_CPU_RESET)")
+        await client.wait_for(lambda: banner in client.received)
+        after = client.received.index(banner)
+        # then the app runs again
+        await client.wait_for(lambda: client.received.find(b"setup(): UC2 master ready", after) > 0)
+        assert b"++" not in client.received  # neither the restart nor the command after it was answered
+        client.send(b'{"task":"/state_get","qid":6}')
+        assert (await client.reply())["qid"] == 6
+
+
+async def test_restart_acknowledges_then_the_node_answers_no_reads_until_it_has_booted(
+    tmp_path: Path,
+) -> None:
+    identity = {"build", "fwVersion", "mac"}
+    slow_boot = replace(TIMING, node_boot_time=1.0)  # the scan's failing reads end well before the boot
+    async with running(tmp_path, timing=slow_boot) as scope, client_of(scope.pty.path) as client:
+        client.send(b'{"task":"/can_act","restart":11}')
+        assert await client.reply() == {"status": "ok", "nodeId": 11}
+        client.send(b'{"task":"/can_act","scan":true,"qid":1}')
+        # heard within the last 5 s, so still "idle", but its SDO reads go unanswered: no build, version
+        # or MAC (isNodeReachable and scan, CANopenModule.cpp:611-633, 1581-1612 @063e5a6)
+        gone = (await client.reply())["scan"][0]
+        assert gone["statusStr"] == "idle" and not identity & set(gone)
+        await client.wait_for(lambda: b"node 11 boot-up" in client.received)
+        client.send(b'{"task":"/can_act","scan":true,"qid":2}')
+        back = (await client.reply())["scan"][0]
+        assert back["statusStr"] == "idle" and identity <= set(back)
+        client.send(b'{"task":"/can_act","restart":20}')
+        assert await client.reply() == {"status": "error", "error": "SDO write failed", "nodeId": 20}
 
 
 async def test_bus_health(client: PtyClient) -> None:

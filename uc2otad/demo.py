@@ -54,8 +54,7 @@ BATCH_DELAY = 0
 #: the virtual microscope: the firmware's boot and reboot times shrunk, so that seven updates take
 #: seconds, not minutes (every MasterTiming field is documented in uc2otad/sim/timing.py)
 MICROSCOPE_TOML = """\
-[master]
-kind = "canopen"
+profile = "fw-2026-09"
 
 [timing]
 restart_delay = 0.1

@@ -493,7 +493,7 @@ def start_microscope(setup: Setup, args: argparse.Namespace, secret: str, ota_po
     )
     config = private / "microscope.toml"
     config.write_text(
-        f'[master]\nkind = "legacy"\n[wifi]\nssid = "{SSID}"\npassword = "{secret}"\nota_port = {ota_port}\n'
+        f'profile = "legacy"\n[wifi]\nssid = "{SSID}"\npassword = "{secret}"\nota_port = {ota_port}\n'
         "[timing]\nnode_boot_time = 0.1\nwifi_join_time = 0.05\nlegacy_scan_wait = 0.05\n"
         "restart_delay = 0.1\n"
     )

@@ -297,7 +297,8 @@ class Engine:
             if catalog is not None and node.fw_version:
                 image = _image_for(catalog, node.can_id, node.fw_image)
                 if image is not None and image.version:
-                    board["update_available"] = image.version != node.fw_version
+                    # as StartOTA decides "already up to date": a report cut by a buffer names it too
+                    board["update_available"] = not same_release(node.fw_version, image.version)
             boards.append(board)
         return boards
 

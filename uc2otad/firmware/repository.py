@@ -40,10 +40,13 @@ class VerifiedImage:
 
     @property
     def version(self) -> str | None:
-        """The version the board will report once it runs this image: the app descriptor's."""
+        """The release this image is: ``version.json``'s version for it (the release string 2026-09
+        firmware reports in full), else its app descriptor's (cut at 31 characters)."""
+        if self.resolved.version:
+            return self.resolved.version
         if self.info.app_desc is not None and self.info.app_desc.version:
             return self.info.app_desc.version
-        return self.resolved.version
+        return None
 
 
 class FirmwareRepository:

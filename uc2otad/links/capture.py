@@ -58,6 +58,8 @@ class LinkCapture:
         self.path = path
         self._lock = threading.Lock()
         self._partial = bytearray()
+        #: when the last of ``_partial`` arrived
+        self._partial_t = 0.0
         self._failed = False
 
     def __repr__(self) -> str:
@@ -76,26 +78,26 @@ class LinkCapture:
 
     def record_tx(self, data: bytes, *, raw: bool = False) -> None:
         """Bytes about to be written: a command (text, redacted) or, with ``raw``, image bytes."""
-        record: dict[str, Any] = {"t": time.monotonic(), "dir": "tx"}
         if raw:
-            record |= {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            payload: dict[str, Any] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         else:
-            record |= _payload(data)
+            payload = _payload(data)
         with self._lock:
             self._flush_partial()  # what was received before this write comes before it in the file
-            self._append(record)
+            self._append({"t": time.monotonic(), "dir": "tx", **payload})
 
     def record_rx(self, data: bytes) -> None:
         """Bytes read from the port; recorded up to the last line end (or when too much has waited)."""
         with self._lock:
             self._partial += data
+            self._partial_t = time.monotonic()
             end = self._partial.rfind(b"\n") + 1
             if end == 0 and len(self._partial) > MAX_PARTIAL_LINE:
                 end = len(self._partial)
             if end:
                 complete = bytes(self._partial[:end])
                 del self._partial[:end]
-                self._append({"t": time.monotonic(), "dir": "rx", **_payload(complete)})
+                self._append({"t": self._partial_t, "dir": "rx", **_payload(complete)})
 
     def flush(self) -> None:
         """Write what was received without a line end yet (the link is closing its port)."""
@@ -106,7 +108,7 @@ class LinkCapture:
         if self._partial:
             data = bytes(self._partial)
             self._partial.clear()
-            self._append({"t": time.monotonic(), "dir": "rx", **_payload(data)})
+            self._append({"t": self._partial_t, "dir": "rx", **_payload(data)})
 
     def _append(self, record: dict[str, Any]) -> None:
         if self._failed:

@@ -13,6 +13,7 @@ scan entry is skipped with a warning instead of hiding the others.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,13 @@ _LOGGER = logging.getLogger(__name__)
 #: what FW-main reports as every board's ``fwVersion`` (``CANopenModule.cpp:1248-1249`` @063e5a6): no
 #: release string, so it names no image
 UNVERSIONED = "UC2-ESP v2.0"
+#: ``identifier_date`` as the firmware pastes it, ``__DATE__ "" __TIME__`` (``State.h:12`` @063e5a6, the
+#: same at 14fa3e3): ``"Nov 27 202612:00:00"``, date and time without a space between
+_PASTED_DATE = re.compile(r"([A-Z][a-z]{2} [ \d]\d \d{4})(\d{2}:\d{2}:\d{2})")
 #: CAN node ids (CANopen: 1..127; 0 addresses the master itself in ``/can_act restart``)
 MAX_NODE_ID = 127
+#: the node id that makes ``/can_act restart`` restart the master
+MASTER_ITSELF = 0
 #: ``/ota_start`` errors the master sends before "ready" (``uc2-stack.md`` §2.2 step 2). Errors of the
 #: streaming phase (``rx_timeout``, ``crc_mismatch``, …) are not replies to a new ``/ota_start``: one
 #: left over from an earlier attempt must not be read as this attempt's answer (§8 item 6).
@@ -41,7 +47,7 @@ class MasterIdentity:
 
     name: str
     board_id: str
-    #: compile date and time, ``"Jun 17 2026 07:17:22"``
+    #: compile date and time, ``"Jun 17 2026 07:17:22"`` (the space the firmware leaves out put back)
     build_date: str
     #: release string (``v2026.0.0-…``); None on firmware older than 2026-09-30
     version: str | None
@@ -197,12 +203,18 @@ def parse_identity(reply: Mapping[str, Any]) -> MasterIdentity:
     return MasterIdentity(
         name=_text(state, "identifier_name") or "",
         board_id=_text(state, "identifier_id") or "",
-        build_date=_text(state, "identifier_date") or "",
+        build_date=_build_date(_text(state, "identifier_date") or ""),
         version=_text(state, "identifier_version"),
         image=_text(state, "identifier_image"),
         author=_text(state, "identifier_author") or "",
         pindef=_text(state, "pindef") or "",
     )
+
+
+def _build_date(text: str) -> str:
+    """``identifier_date`` as ``__DATE__ " " __TIME__`` writes it, comparable with an image's build."""
+    pasted = _PASTED_DATE.fullmatch(text)
+    return f"{pasted.group(1)} {pasted.group(2)}" if pasted else text
 
 
 def parse_scan(reply: Mapping[str, Any]) -> ScanResult:

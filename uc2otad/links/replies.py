@@ -86,13 +86,22 @@ class PendingReplies:
         self._by_shape = [(shape, waiting) for shape, waiting in self._by_shape if waiting is not future]
 
     def deliver(self, message: JsonObject) -> bool:
-        """Resolve the command ``message`` answers; False when it answers none (an event, a late reply)."""
+        """Resolve the command ``message`` answers; False when it answers none (an event, a late reply).
+
+        An int reply whose value is the qid of a command waiting by qid alone is that command's
+        acknowledgement, and True too: FW-legacy's ``/can_act`` returns the request's qid
+        (``can_controller.cpp:1564, 1610`` @14fa3e3), and for a scan the reply follows ~1.4 s later.
+        It resolves nothing, and it is no answer for a command waiting by shape either.
+        """
         qid = message.get("qid")
-        if isinstance(qid, int) and not isinstance(qid, bool) and not is_int_reply(message):
+        if isinstance(qid, int) and not isinstance(qid, bool):
             future = self._by_qid.get(qid)
             if future is not None and not future.done():
-                future.set_result(message)
-                return True
+                if not is_int_reply(message):
+                    future.set_result(message)
+                    return True
+                if all(waiting is not future for _, waiting in self._by_shape):
+                    return True
         for shape, future in self._by_shape:
             if not future.done() and shape.matches(message):
                 future.set_result(message)

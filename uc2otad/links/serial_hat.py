@@ -48,7 +48,8 @@ DEFAULT_BAUD = 921600
 LEGACY_BAUD = 115200
 #: seconds for the ``/state_get`` answer when opening; UC2-REST's identity probe waits 2 s
 HANDSHAKE_TIMEOUT = 2.0
-#: seconds for a bus scan; UC2-REST ``can.scan(timeout=5)``
+#: seconds for a bus scan; UC2-REST ``can.scan(timeout=5)``. A legacy master sends its scan ~1.4 s after
+#: the command (``can_controller.cpp:2556-2612`` @14fa3e3)
 SCAN_TIMEOUT = 5.0
 #: seconds for a scan that also probes ids outside the routing table; UC2-REST ``can.discover(timeout=8)``
 PROBE_SCAN_TIMEOUT = 8.0
@@ -101,6 +102,8 @@ class SerialHatLink(Link[Any]):
         self.identity: MasterIdentity | None = None
         self._port_identity: PortIdentity | None = None
         self._list_ports = list_ports
+        #: scans take turns: a legacy master forgets a scan asked for while one runs
+        self._scan_turn = asyncio.Lock()
 
     # ---- the HAT's commands ---------------------------------------------------------------------------
 
@@ -115,6 +118,13 @@ class SerialHatLink(Link[Any]):
     async def scan(self, *, probe_range: tuple[int, int] | None = None) -> ScanResult:
         """Scan the bus (``/can_act scan``).
 
+        A CANopen master answers with the scan. A legacy master answers the int reply
+        ``{"qid":<the request's qid>,"success":1}`` at once and the scan, with the same qid, ~1.4 s later
+        from its main loop; a scan asked for meanwhile is acknowledged and never sent
+        (``can_controller.cpp:1549-1564, 2757-2761`` @14fa3e3). So the scan is awaited by its qid (an int
+        reply never answers by qid, :mod:`uc2otad.links.replies`), and this link's scans take turns; the
+        wait for a turn is not part of the timeout.
+
         :param probe_range: also SDO-probe these ids (inclusive) for nodes outside the routing table
         :raises ValueError: a probe range outside 1..127
         :raises LinkError: see :meth:`Link.request`; LinkProtocolError for a reply without a scan list
@@ -122,7 +132,8 @@ class SerialHatLink(Link[Any]):
         command = commands.scan_command(probe_range)
         settings = self.hat_settings
         timeout = settings.scan_timeout if probe_range is None else settings.probe_scan_timeout
-        return commands.parse_scan(await self.request(command, timeout=timeout))
+        async with self._scan_turn:
+            return commands.parse_scan(await self.request(command, timeout=timeout))
 
     async def bus_health(self) -> BusHealth:
         """The master's CANopen state and CAN error counters (``/can_get``).
@@ -139,12 +150,20 @@ class SerialHatLink(Link[Any]):
     async def restart_node(self, node_id: int) -> None:
         """Ask the master to restart node ``node_id`` (0: the master itself).
 
-        The node reboots about 200 ms after the acknowledgement.
+        The node reboots about 200 ms after the acknowledgement. The master itself never acknowledges:
+        it restarts 300 ms after the command without a word (``CANopenModule.cpp:1679-1684`` @063e5a6),
+        so for node 0 the command is sent and nothing is awaited; the reboot shows as the master's boot
+        banner (readable at 115200 baud only, see :class:`~uc2otad.errors.MasterRebootedError`), and
+        what is sent meanwhile is lost with the master's RAM.
 
         :raises ValueError: ``node_id`` outside 0..127
         :raises MasterError: the master could not reach the node
         :raises LinkError: see :meth:`Link.request`
         """
+        if node_id == commands.MASTER_ITSELF:
+            self._check_usable()
+            await self._send_json(commands.restart_command(node_id))
+            return
         reply = await self.request(
             commands.restart_command(node_id),
             reply=commands.restart_reply(node_id),

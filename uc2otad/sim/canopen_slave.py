@@ -104,7 +104,11 @@ class CanOpenSlave:
         self._ota = OtaReceiver(corrupt_offset=spec.faults.corrupt_offset)
         self._faults = spec.faults
         self._objects = SlaveObjects(
-            self._reported, self._ota, on_reboot=self._on_reboot_command, erase_seconds=self._erase_seconds
+            self._reported,
+            self._ota,
+            on_reboot=self._on_reboot_command,
+            erase_seconds=self._erase_seconds,
+            commit_seconds=lambda: self.timing.ota_commit_time,
         )
         self._sdo = SdoServer(self._objects)
         self._isotp = Reassembler()
@@ -346,6 +350,9 @@ class CanOpenSlave:
         # FW-legacy joins WiFi inside its CAN dispatch: this task hears nothing until it is done
         ack = await self.wifi.start(request, self.faults, self.running_image or b"")
         self._send(MASTER_NODE_ID, frames_of(ack.encode())[0])
+        # and only then mDNS and ArduinoOTA, still in the dispatch (wifi_ota.py; :2377 vs :2451 @14fa3e3)
+        await self.wifi.listen()
+        self._notify()
 
     def _send(self, can_id: int, frame: bytes | None) -> None:
         if frame is not None and self._port is not None and self.reachable:

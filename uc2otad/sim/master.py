@@ -219,7 +219,9 @@ class VirtualMaster:
         #: called with every command read from a port, before it is queued: lets tests and tools watch
         self.on_command: Callable[[dict[str, Any]], None] | None = None
         self._attachments: list[_Attachment] = []
-        self._queue: asyncio.Queue[tuple[_Attachment, dict[str, Any]]] = asyncio.Queue(self.command_queue_length)
+        self._queue: asyncio.Queue[tuple[_Attachment, dict[str, Any]]] = asyncio.Queue(
+            self.command_queue_length
+        )
         #: a legacy master's scan between its int reply and its frame
         self._legacy_scan: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -233,6 +235,12 @@ class VirtualMaster:
     @property
     def kind(self) -> MasterKind:
         return self.identity.kind
+
+    @property
+    def command_queue_length(self) -> int:
+        """How many commands ``serialMSGQueue`` holds: 16 on FW-main, 5 on FW-legacy."""
+        canopen = self.identity.kind is MasterKind.CANOPEN
+        return COMMAND_QUEUE_LENGTH if canopen else LEGACY_COMMAND_QUEUE_LENGTH
 
     @property
     def nodes(self) -> list[NodeSpec]:
@@ -312,9 +320,10 @@ class VirtualMaster:
         _LOGGER.info("master reboots")
         self._booting = True
         self._muted = False  # a reset cures a hang
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.wait([self._worker])
+        for task in (self._worker, self._legacy_scan):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         while not self._queue.empty():
             self._queue.get_nowait()
         await self._end_stream()  # binary mode and its SDO transfer end with the RAM
@@ -529,21 +538,8 @@ class VirtualMaster:
                 "nmtStateStr": "OPERATIONAL", "bus": bus}  # fmt: skip
 
     async def _legacy_can_act(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
-        if command.get("scan"):
-            await asyncio.sleep(self.timing.legacy_scan_wait)
-            entries = [
-                {
-                    "canId": node.spec.can_id,
-                    "deviceType": node.spec.device_type,
-                    "status": 0,
-                    "deviceTypeStr": node.spec.role,
-                    "statusStr": "idle",
-                }
-                # the legacy scan's ISO-TP exchange is not simulated: the answer is whether the node is up
-                for node in sorted(self._slaves.values(), key=lambda node: node.can_id)
-                if node.can_id in LEGACY_SCAN_IDS and node.reachable
-            ]
-            return {"scan": entries, "qid": wire.request_qid(command), "count": len(entries)}
+        """FW-legacy ``can_controller::act`` (``can_controller.cpp:1419-1611`` @14fa3e3): an int result."""
+        qid = wire.request_qid(command)
         ota = command.get("ota")
         if isinstance(ota, dict):
             # can_controller::act(): 0 once the CAN message is queued, -1 when keys are missing; the
@@ -553,7 +549,38 @@ class VirtualMaster:
                 return wire.int_reply(-1)
             self._relay.forward(request[0], request[1])
             return wire.int_reply(0)
-        return wire.int_reply(0)
+        if command.get("scan") is True:  # cJSON_IsTrue
+            # act() only flags the scan for loop() and returns the request's qid: the int reply goes out
+            # at once (can_controller.cpp:1549-1564 @14fa3e3). loop() then runs it and clears the flag
+            # (:2757-2761): a scan asked for while one runs is acknowledged and lost
+            self._log("I", "can_controller.cpp", 1553, "act(): Starting CAN network scan...")
+            if self._legacy_scan is None or self._legacy_scan.done():
+                self._legacy_scan = self._spawn(self._legacy_scan_frame(attachment, qid))
+            return wire.int_reply(qid)
+        # any other command ends with `return qid` (:1610); a restart is not passed on to the slave here
+        return wire.int_reply(qid)
+
+    async def _legacy_scan_frame(self, attachment: _Attachment, qid: int) -> None:
+        """``sendScanResults(qid)``: ``SCAN_REQUEST`` to 18 ids 50 ms apart, then 500 ms for the answers
+        (``can_controller.cpp:2583-2612`` @14fa3e3), hence ``legacy_scan_wait``; then the frame
+        ``{"scan":[…],"qid":…,"count":…}`` (``:2667-2679``). The ISO-TP exchange is not simulated: a node
+        answers when it is on the bus."""
+        await asyncio.sleep(self.timing.legacy_scan_wait)
+        entries = [
+            {
+                "canId": node.can_id,
+                "deviceType": device_type,
+                "status": 0,
+                "deviceTypeStr": name,
+                "statusStr": "idle",
+            }
+            for node in sorted(self._slaves.values(), key=lambda node: node.can_id)
+            for ids, device_type, name in LEGACY_SCAN_TYPES
+            if node.can_id in ids and node.reachable
+        ]
+        self._log("I", "can_controller.cpp", 2655, f"scanCanDevices(): CAN device scan completed. "
+                  f"Found {len(entries)} devices.")  # fmt: skip
+        self._send(attachment, wire.reply_frame({"scan": entries, "qid": qid, "count": len(entries)}))
 
     # ---- the bus --------------------------------------------------------------------------------------
 

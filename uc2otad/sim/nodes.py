@@ -27,9 +27,11 @@ _ROLE_RANGES: tuple[tuple[range, str], ...] = (
     (range(60, 61), "gpio"),
     (range(61, 62), "ptz"),
 )
-#: ``deviceType`` numbers. The spec shows motor 0 and laser 1; the others continue that order (an
-#: assumption: clients should go by ``deviceTypeStr``)
-DEVICE_TYPES = {"motor": 0, "laser": 1, "led": 2, "galvo": 3, "gpio": 4, "ptz": 5}
+#: ``deviceType`` numbers of a CANopen scan: the routing table's ``enum Type : uint8_t { MOTOR = 1,
+#: LASER, LED, GALVO, HOME, TMC, DAC, AIN, DIN }`` (``RoutingTable.h:16`` @063e5a6), the GPIO slave
+#: listed as DIN (``CANopenModule.cpp:1563, 1590``) and the PTZ bridge as 100 (``:1571``). FW-legacy
+#: numbers by id range instead (``LEGACY_SCAN_TYPES`` in :mod:`.master`); clients go by ``deviceTypeStr``
+DEVICE_TYPES = {"motor": 1, "laser": 2, "led": 3, "galvo": 4, "gpio": 9, "ptz": 100}
 #: ``deviceType`` of a probed node outside the master's routing table
 UNROUTED = -1
 

@@ -18,12 +18,13 @@ last (its reply again), one recorded later (the ones between are skipped), or on
 replay goes on from there). Anything else is a divergence: it is logged with what was expected, the
 pty is closed and the process exits 1.
 
-What it cannot reproduce: timing. Every reply goes out at once when its request is complete; a gap
-the real board took *within* a reply (a slave's erase, its CRC check before "success", a WiFi join) is
-not kept, and since the next request only comes when the daemon has read what it waits for, that is
-the only place such gaps could be. Nothing beyond the serial line is replayed either: a WiFi update's
-ArduinoOTA upload goes from the daemon to the board over the network, so against a replay it fails
-after the master's part; a CAN update is replayed whole. The baud rate is not checked.
+What it cannot reproduce: the board's timing. Every reply goes out at once when its request is
+complete, so the time the real board took to answer (a slave's erase, its CRC check before "success",
+a WiFi join) is not kept; the pauses between a reply and the next request are the daemon's own and
+happen again by themselves, so no recorded gap is replayed. Nothing beyond the serial line is replayed
+either: a WiFi update's ArduinoOTA upload goes from the daemon to the board over the network, so
+against a replay it fails after the master's part; a CAN update is replayed whole. The baud rate is
+not checked. The pty keeps 64 KiB its client has not read: of a longer reply the tail is lost.
 
 Written, as all of ``uc2otad/sim``, without ``uc2otad.links``: the capture's format is read here from
 the file, not from the code that writes it.
@@ -56,6 +57,8 @@ EXIT_DIVERGED = 1
 SERIAL_LINK_NAME = "ttyUC2HAT"
 MASK = "***"
 _LINE_END = b"\r\n"
+#: bytes per write to the pty (see :func:`_write_in_pieces`)
+PIECE = 4096
 
 
 class RecordingError(ValueError):
@@ -260,6 +263,13 @@ class Replayer:
         return b"\n".join(lines)
 
 
+def _write_in_pieces(port: PtyPort, data: bytes) -> None:
+    """The port keeps at most 64 KiB the client has not read and drops a write that does not fit: in
+    pieces, a long reply (a master that logged a lot between two commands) loses its tail only."""
+    for start in range(0, len(data), PIECE):
+        port.write(data[start : start + PIECE])
+
+
 async def serve(recording: Path, *, serial_link: Path | None = None, baud: int | None = None) -> int:
     """Serve ``recording`` on a pty until SIGTERM/SIGINT (0) or a divergence (1); prints the ready line.
 
@@ -277,7 +287,7 @@ async def serve(recording: Path, *, serial_link: Path | None = None, baud: int |
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="uc2otad-replay-"))
         serial_link = workdir / SERIAL_LINK_NAME
     port = PtyPort(serial_link, baud=baud)
-    replayer = Replayer(exchanges, port.write, lambda _message: stopping.set())
+    replayer = Replayer(exchanges, lambda data: _write_in_pieces(port, data), lambda _message: stopping.set())
     port.on_data = replayer.feed
     try:
         await port.open()

@@ -6,8 +6,9 @@ build time, 0x2509 MAC, and 0x2F00-0x2F05 (:mod:`~uc2otad.sim.ota_objects`). Wha
 follows its configured style: a board that reports nothing (legacy) has no version, build or MAC
 objects, and a board without an image name has no 0x2501.
 
-Pure, like the SDO server above it: the erase time a size write costs is added to
-:attr:`SlaveObjects.busy_seconds` for the node to spend before it answers.
+Pure, like the SDO server above it: the erase time a size write costs, and the check and commit at
+the end of an image, are added to :attr:`SlaveObjects.busy_seconds` for the node to spend before it
+answers.
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ class _ValueSink:
         self._data.clear()
 
 
+class _CommittingSink:
+    """The image's download: once its end checked and committed the image, that work is owed."""
+
+    def __init__(self, sink: DownloadSink, committed: Callable[[], None]) -> None:
+        self._sink = sink
+        self._committed = committed
+
+    def write(self, data: bytes) -> None:
+        self._sink.write(data)
+
+    def end(self) -> None:
+        self._sink.end()
+        self._committed()
+
+    def abort(self) -> None:
+        self._sink.abort()
+
+
 class SlaveObjects:
     """The objects of one slave.
 
@@ -73,6 +92,7 @@ class SlaveObjects:
     :param ota: the OTA objects' state
     :param on_reboot: the reboot command was written
     :param erase_seconds: how long the next size write keeps the flash busy
+    :param commit_seconds: how long checking and committing a complete image takes
     """
 
     def __init__(
@@ -82,11 +102,13 @@ class SlaveObjects:
         *,
         on_reboot: Callable[[], None],
         erase_seconds: Callable[[], float],
+        commit_seconds: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._reported = reported
         self.ota = ota
         self._on_reboot = on_reboot
         self._erase_seconds = erase_seconds
+        self._commit_seconds = commit_seconds
         #: flash time owed for the last request; the node spends it before answering
         self.busy_seconds = 0.0
 
@@ -129,7 +151,7 @@ class SlaveObjects:
         if sub != 0:
             raise SdoAbortError(AbortCode.NO_OBJECT, f"0x{index:04X}:{sub:02X}")
         if index == OTA_DATA:
-            return self.ota.image_sink()
+            return _CommittingSink(self.ota.image_sink(), self._owe_commit)
         if index == OTA_SIZE:
             return _ValueSink(self._set_size)
         if index == OTA_CRC:
@@ -145,6 +167,9 @@ class SlaveObjects:
         if size:
             self.busy_seconds += self._erase_seconds()
         self.ota.begin(size)
+
+    def _owe_commit(self) -> None:
+        self.busy_seconds += self._commit_seconds()
 
     def _reboot(self, data: bytes) -> None:
         if _unsigned(data) != 1:

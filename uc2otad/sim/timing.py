@@ -22,14 +22,18 @@ class MasterTiming:
     sdo_time: float = 0.001
     #: the master gives up an SDO read after 100 ms (FW-main ``_read_SDO``): an unreachable node in a scan
     sdo_timeout: float = 0.1
-    #: a legacy master collects scan answers for 500 ms (§2.4)
-    legacy_scan_wait: float = 0.5
+    #: a legacy master's scan frame follows its int reply after ``SCAN_REQUEST`` to 18 ids 50 ms apart
+    #: and a 500 ms wait for the answers: 18 x 50 ms + 500 ms (``can_controller.cpp:2556-2612`` @14fa3e3)
+    legacy_scan_wait: float = 1.4
     #: a slave restarts ~200 ms after the SDO write to 0x2507 (§2.4)
     restart_delay: float = 0.2
     #: a restarted slave is back on the bus after its boot (ESP32-S3 ROM and app start; an estimate)
     node_boot_time: float = 1.0
     #: the master runs its app again this long after a reset (ROM, bootloader, setup; an estimate)
     master_boot_time: float = 0.8
+    #: ``/can_act {"restart":0}``: the master waits 300 ms, then restarts without answering
+    #: (``CANopenModule.cpp:1682-1683`` @063e5a6)
+    master_restart_delay: float = 0.3
     #: a CANopen slave's heartbeat period: producer heartbeat time 1000 ms (``lib/uc2_od/OD.c:38``
     #: @063e5a6)
     heartbeat_interval: float = 1.0
@@ -65,6 +69,12 @@ class MasterTiming:
     #: retry "usually succeeds" (FIRMWARE_VERSIONING.md @33e3850) — why is our assumption (a NOR flash
     #: erases a blank sector faster)
     partition_erase_time: float = 0.5
+    #: the end of the image's block download: before it answers, the slave reads the image back for its
+    #: CRC-32, ``esp_ota_end`` checks it again and ``esp_ota_set_boot_partition`` rewrites otadata (a
+    #: 4 KB sector erase, ~45 ms typical) — an estimate. It is what separates the master's "flashing"
+    #: from its "success": UC2-REST 0.2.0.43 drops a "success" that arrives in one read with the last
+    #: ``ota_rx`` (``CANOTA._drain_acks``) and then waits 600 s for it
+    ota_commit_time: float = 0.1
     #: a slave reboots this long after it committed an image: the deferred restart that lets the SDO
     #: end response go out (§2.2 step 5)
     ota_reboot_delay: float = 2.0
@@ -78,6 +88,11 @@ class MasterTiming:
     wifi_join_timeout: float = 30.0
     #: FW-legacy raises a requested OTA window below 300000 ms to 300000 ms; the slave reboots at its end
     wifi_ota_min_window: float = 300.0
+    #: FW-legacy sends its success ack before it starts mDNS and ArduinoOTA (``can_controller.cpp:2377``
+    #: vs ``:2451`` @14fa3e3): ArduinoOTA listens this long after the ack, and an invitation sent
+    #: meanwhile is lost. What runs between is ``MDNS.begin`` and a log line at the slave's 115200 baud
+    #: (``:2382-2397``); 50 ms is an estimate
+    ota_listen_delay: float = 0.05
     #: seconds until what a slave sends over WiFi reaches the host (its answers and acks): half of a
     #: round trip of the host's first packet; an ESP32 in modem-sleep answers in tens of ms
     wifi_network_delay: float = 0.0

@@ -6,9 +6,11 @@ Written from ``uc2-stack.md`` §2.3 and §3.3:
 - master → slave: ``OTA_START`` (0x60) over ISO-TP on the slave's id: ``char ssid[32]; char
   password[64]; uint32_t timeout_ms`` (little-endian), 101 bytes with the type;
 - the slave calls ``WiFi.begin()`` and waits up to 30 s *inside its CAN dispatch* (it hears nothing
-  else meanwhile), answers ``OTA_ACK`` (0x61: status, canId, ip[4]) to node 1, and serves ArduinoOTA
-  as ``UC2-CAN-<id in hex>`` until its window ends (at least 300 s; 0 means 3,000,000 ms), then
-  reboots. Asked again with the same SSID while serving, it only answers success again;
+  else meanwhile), answers ``OTA_ACK`` (0x61: status, canId, ip[4]) to node 1, and only then starts
+  mDNS and ArduinoOTA (``can_controller.cpp:2377`` vs ``:2451`` @14fa3e3): an invitation the host sends
+  in the ``ota_listen_delay`` between is lost. It serves as ``UC2-CAN-<id in hex>`` until its window
+  ends (at least 300 s; 0 means 3,000,000 ms), then reboots. Asked again with the same SSID while
+  serving, it only answers success again;
 - master → host: ``{"ota":{"canId":…,"status":…,"statusMsg":…,"ip":…,"hostname":…}}``, framed; status
   0 "Success", 1 "WiFi connection failed", 2 "OTA start failed", with ip "0.0.0.0" on failure.
 
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
@@ -142,6 +144,15 @@ def _c_string(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True)
+class _Joined:
+    """A session acknowledged but not yet listening: what :meth:`WifiOtaService.listen` starts."""
+
+    request: OtaStart
+    faults: NodeFaults
+    running_image: bytes
+
+
 class WifiOtaService:
     """One slave's WiFi OTA: join, ArduinoOTA on the slave's address, reboot when it is over.
 
@@ -168,15 +179,21 @@ class WifiOtaService:
         self._ota_port = ota_port
         self._on_finished = on_finished
         self._on_fault_struck = on_fault_struck
-        #: the ArduinoOTA service while the slave serves one
+        #: the ArduinoOTA service while the slave serves one (from :meth:`listen` on)
         self.board: OtaBoard | None = None
         self._ssid = ""
         self._watch: asyncio.Task[None] | None = None
+        #: acknowledged, not yet listening
+        self._joined: _Joined | None = None
+        #: counts :meth:`stop` calls: a session stopped while it was about to listen stays stopped
+        self._stops = 0
 
     async def start(self, request: OtaStart, faults: NodeFaults, running_image: bytes) -> OtaAck:
-        """Join the WiFi ``request`` names and start ArduinoOTA; takes as long as joining does."""
+        """Join the WiFi ``request`` names; takes as long as joining does. Returns the ack to send; after
+        a success the slave starts ArduinoOTA with :meth:`listen` (FW-legacy ``handleOtaCommand``,
+        ``can_controller.cpp:2305-2467`` @14fa3e3)."""
         if self.board is not None and request.ssid == self._ssid:
-            return OtaAck(WifiStatus.JOINED, self.can_id, self.ip)
+            return OtaAck(WifiStatus.JOINED, self.can_id, self.ip)  # :2324-2331
         await self.stop()
         joins = (
             not faults.wifi_refused
@@ -188,28 +205,49 @@ class WifiOtaService:
         if not joins:
             _LOGGER.info("node %d: WiFi connection failed ssid=%s", self.can_id, request.ssid)
             return OtaAck(WifiStatus.WIFI_FAILED, self.can_id)
-        board = OtaBoard(
-            OtaBoardConfig(ip=self.ip, port=self._ota_port, reboot_time=0.0, firmware=running_image),
-            faults=self._board_faults(faults),
-        )
-        try:
-            if faults.ota_start_fails:
-                raise OSError("ArduinoOTA.begin() failed (fault)")
-            await board.start()
-        except OSError as err:
-            _LOGGER.warning("node %d: OTA start failed: %s", self.can_id, err)
+        if faults.ota_start_fails:
+            # FW-legacy sends status 2 only for null credentials (:2307-2311); the fault stands for it
+            _LOGGER.warning("node %d: OTA start failed (fault)", self.can_id)
             return OtaAck(WifiStatus.OTA_FAILED, self.can_id)
-        self.board, self._ssid = board, request.ssid
-        window = request.timeout_ms / 1000 if request.timeout_ms else ZERO_WINDOW
+        self._joined = _Joined(request, faults, running_image)
+        return OtaAck(WifiStatus.JOINED, self.can_id, self.ip)  # :2377, before mDNS and ArduinoOTA
+
+    async def listen(self) -> None:
+        """After the success ack, still in the CAN dispatch: mDNS, ``ArduinoOTA.begin()`` (which binds the
+        UDP port) ``ota_listen_delay`` later, then serving (``can_controller.cpp:2379-2463`` @14fa3e3).
+        Returns at once when :meth:`start` acknowledged no new session."""
+        joined, self._joined = self._joined, None
+        if joined is None:
+            return
+        stops = self._stops
+        await asyncio.sleep(self._timing.ota_listen_delay)
+        if stops != self._stops:
+            return  # stopped meanwhile (a reboot, power off)
+        board = OtaBoard(
+            OtaBoardConfig(ip=self.ip, port=self._ota_port, reboot_time=0.0, firmware=joined.running_image),
+            faults=self._board_faults(joined.faults),
+        )
+        serving: OtaBoard | None = board
+        try:
+            await board.start()
+        except OSError as err:  # ArduinoOTA.begin() logs "udp bind failed" and returns; the window runs
+            _LOGGER.warning("node %d: ArduinoOTA cannot listen: %s", self.can_id, err)
+            serving = None
+        self.board, self._ssid = serving, joined.request.ssid
+        timeout_ms = joined.request.timeout_ms
+        window = timeout_ms / 1000 if timeout_ms else ZERO_WINDOW
         self._watch = asyncio.create_task(
             self._serve(
-                board, max(window, self._timing.wifi_ota_min_window), once=faults.transfer_faults_once
+                serving,
+                max(window, self._timing.wifi_ota_min_window),
+                once=joined.faults.transfer_faults_once,
             )
         )
-        return OtaAck(WifiStatus.JOINED, self.can_id, self.ip)
 
     def apply_faults(self, faults: NodeFaults) -> None:
         """New faults of the node: an ArduinoOTA service running now takes them from its next upload."""
+        if self._joined is not None:
+            self._joined = replace(self._joined, faults=faults)
         if self.board is not None:
             self.board.faults = self._board_faults(faults)
 
@@ -225,6 +263,8 @@ class WifiOtaService:
 
     async def stop(self) -> None:
         """End the session without a reboot callback (the slave is rebooting or powered off anyway)."""
+        self._stops += 1
+        self._joined = None
         watch, self._watch = self._watch, None
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
@@ -233,24 +273,30 @@ class WifiOtaService:
         if board is not None:
             await board.stop()
 
-    async def _serve(self, board: OtaBoard, window: float, *, once: bool) -> None:
-        """``handleOtaLoop()``: serve until an upload ends well or the window is over."""
+    async def _serve(self, board: OtaBoard | None, window: float, *, once: bool) -> None:
+        """``handleOtaLoop()``: serve until an upload ends well or the window is over (None: nothing
+        listens, the window just runs out)."""
         image: bytes | None = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(window):
-                if once and board.faults != BoardFaults(network_delay=board.faults.network_delay):
-                    await board.wait_until(
-                        lambda running: running.boots > 0 or running.counters.failed_updates > 0
-                    )
-                    if not board.boots:  # the fault struck: clear it for the next attempt
-                        board.faults = BoardFaults(network_delay=board.faults.network_delay)
-                        self._on_fault_struck()
-                await board.wait_until(lambda running: running.boots > 0)
-                image = board.running_image
+                if board is None:
+                    await asyncio.get_running_loop().create_future()
+                else:
+                    image = await self._until_uploaded(board, once=once)
         self._watch = None
         await self.stop()
         _LOGGER.info("node %d: OTA session over (%s)", self.can_id, "new image" if image else "window ended")
         self._on_finished(image)
+
+    async def _until_uploaded(self, board: OtaBoard, *, once: bool) -> bytes:
+        """The image of the first upload that ends well."""
+        if once and board.faults != BoardFaults(network_delay=board.faults.network_delay):
+            await board.wait_until(lambda running: running.boots > 0 or running.counters.failed_updates > 0)
+            if not board.boots:  # the fault struck: clear it for the next attempt
+                board.faults = BoardFaults(network_delay=board.faults.network_delay)
+                self._on_fault_struck()
+        await board.wait_until(lambda running: running.boots > 0)
+        return board.running_image
 
 
 class WifiOtaRelay:
