@@ -7,6 +7,12 @@ on that same socket. Unlike espota, every retry leaves from that one socket too:
 fresh socket per try each such answer landed on a closed port while the board went on to wait for a
 call-back that never came. The tries are the same datagram, so a late answer is as good as any.
 
+The first tries wait briefly, then longer (:data:`FIRST_ANSWER_WAIT`, doubling up to the answer
+timeout): a legacy slave acknowledges the WiFi trigger *before* it starts mDNS and ArduinoOTA
+(``can_controller.cpp:2377`` vs ``:2451`` @14fa3e3), so the first invitation, sent as soon as the ack
+arrives, often reaches a board that does not listen yet. A short first wait costs nothing when the
+board is slow to answer: its late answer to that try still arrives on this socket.
+
 Main constraint: datagrams from anyone but the board are ignored, and every read is bounded.
 """
 
@@ -26,6 +32,9 @@ _LOGGER = logging.getLogger(__name__)
 #: the longest answer a board sends: "AUTH " + 64 hex characters is 69 bytes (arduino-ota.md §2b);
 #: anything longer is cut here and then refused as a bad answer
 MAX_ANSWER_LEN = 128
+#: seconds the first try waits for an answer; each further try waits twice as long, up to the answer
+#: timeout (espota waits its whole timeout, 10 s, every time)
+FIRST_ANSWER_WAIT = 0.5
 
 
 class OtaCommand(IntEnum):
@@ -110,7 +119,7 @@ async def invite(
 
     :param local_ip: the address to send from ("" for the system's choice); the board connects back to
         the source address it sees, so this must be an address of the listening socket
-    :param answer_timeout: how long to wait for an answer to each try
+    :param answer_timeout: the longest wait for an answer to one try (the first ones wait less)
     :param attempts: how many tries in all
     :param host: the board as the caller named it, for errors and logs
     :raises UploadConnectionError: no answer to any try, or the datagram cannot be sent
@@ -126,7 +135,7 @@ async def invite(
         for attempt in range(1, attempts + 1):
             await channel.send(datagram)
             try:
-                async with asyncio.timeout(answer_timeout):
+                async with asyncio.timeout(min(answer_timeout, FIRST_ANSWER_WAIT * 2 ** (attempt - 1))):
                     answer = await channel.receive()
             except TimeoutError:
                 level = logging.WARNING if attempt == 1 else logging.DEBUG
