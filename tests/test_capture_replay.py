@@ -2,7 +2,8 @@
 
 A daemon with ``--capture`` updates a board of the virtual microscope; the capture it writes is then
 the microscope: ``uc2otad-sim --replay`` (a real process) serves it on a pty, and a fresh daemon runs
-the same update against it to "success". A recording the daemon's requests do not match makes the
+the same update against it to "success"; so does a capture of the whole demo session (``uc2otad-demo
+--capture``: scan, seven boards updated, scan). A recording the daemon's requests do not match makes the
 replay exit 1. The capture holds both directions in order, image chunks as size and hash, and no WiFi
 password.
 """
@@ -13,26 +14,31 @@ import asyncio
 import hashlib
 import json
 import logging
+import shutil
 import stat
 import sys
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from buses import PrivateBus
 from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_client import add_match, call
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
+from test_ctl import ctl
 from test_daemon_update import FAST_UPDATE, StatusSignals, microscope_for
 from test_daemon_wifi import IMAGE as WIFI_IMAGE
 from test_daemon_wifi import IMAGE_NAME as WIFI_IMAGE_NAME
 from test_daemon_wifi import credentials, daemon_config, legacy_scope
+from test_demo import DEMO_BOARDS, DEMO_TIMEOUT
 from test_link_ota_stream import IMAGE, NODE
 
-from uc2otad import settings
+from uc2otad import demo, settings
 from uc2otad.api import names
 from uc2otad.errors import ConfigError
 from uc2otad.links.capture import LinkCapture
@@ -101,14 +107,17 @@ async def replay(recording: Path, tmp_path: Path) -> AsyncIterator[tuple[asyncio
     finally:
         if process.returncode is None:
             process.terminate()
-        await process.communicate()
+        _, stderr = await process.communicate()
+        print(stderr.decode(), file=sys.stderr)  # what it answered and skipped: shown when a test fails
 
 
-async def fresh_daemon(start_daemon: DaemonFactory, tmp_path: Path, port: str, server: str) -> None:
+async def fresh_daemon(
+    start_daemon: DaemonFactory, tmp_path: Path, port: str, server: str, config: str = FAST_UPDATE
+) -> None:
     """A daemon with a new state folder and cache, so nothing of the captured run helps it."""
     await start_daemon("--serial-port", port, "--firmware-server", server,
                        "--state-dir", str(tmp_path / "state-2"), "--cache-dir", str(tmp_path / "cache-2"),
-                       config=FAST_UPDATE)  # fmt: skip
+                       config=config)  # fmt: skip
 
 
 async def test_a_captured_update_replays_and_the_same_update_passes_against_it(
@@ -141,6 +150,51 @@ async def test_a_captured_update_replays_and_the_same_update_passes_against_it(
         assert process.returncode is None  # every request was in the recording
     assert final["upload_status"] == "success", final
     assert process.returncode == 0  # SIGTERM
+
+
+def replay_config(daemon_toml: str) -> str:
+    """The demo's daemon settings, with verification's settle and interval shrunk: a replay answers
+    at once."""
+    update_settings = {**tomllib.loads(daemon_toml)["update"], "verify_settle": 0.05, "verify_interval": 0.05}
+    return "[update]\n" + "".join(f"{key} = {value}\n" for key, value in update_settings.items())
+
+
+@pytest.mark.timeout(2 * DEMO_TIMEOUT)
+async def test_a_capture_of_the_demo_replays_and_the_demos_update_passes_against_it(
+    start_daemon: DaemonFactory, private_bus: PrivateBus, caddy: CaddyServer, tmp_path: Path
+) -> None:
+    workdir, capture = tmp_path / "demo", tmp_path / "demo.jsonl"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uc2otad.demo", "--workdir", str(workdir), "--capture", str(capture),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(DEMO_TIMEOUT):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.terminate()  # the demo stops what it started
+            await process.wait()
+    assert process.returncode == 0, (stdout + stderr).decode()
+    assert "7 updated" in stdout.decode()
+
+    # the demo's firmware folder (images and version.json) on a server of our own
+    await asyncio.to_thread(shutil.copytree, workdir / "firmware", caddy.root, dirs_exist_ok=True)
+    async with replay(capture, tmp_path) as (replayer, port):
+        await fresh_daemon(start_daemon, tmp_path, port, caddy.url, replay_config(demo.DAEMON_TOML))
+        # the demo's session: scan, update every board, scan
+        for command in (("scan",), ("update", "--all", "--delay", str(demo.BATCH_DELAY)), ("scan",)):
+            code, out, err = await ctl(private_bus, *command)
+            assert code == 0, out + err
+            if command[0] == "update":
+                assert "7 updated" in out
+        code, out, err = await ctl(private_bus, "status", "--json")
+        assert code == 0, err
+        statuses = json.loads(out)
+        assert replayer.returncode is None  # every request was in the recording
+    assert set(statuses) == DEMO_BOARDS
+    assert {status["status"] for status in statuses.values()} == {"success"}
+    assert replayer.returncode == 0  # SIGTERM
 
 
 async def test_a_request_the_recording_does_not_have_makes_the_replay_exit_1(

@@ -5,7 +5,8 @@ folder: a D-Bus daemon of its own (session-type, its own address: nothing touche
 the virtual microscope (``uc2otad-sim``: master CAN HAT + motors 10-13, laser 20, LED 30, galvo 40), a
 firmware folder with newer images for those boards, served by the simulator, and ``uc2otad`` on that
 bus. Then it runs ``uc2otactl scan`` and ``uc2otactl update --all`` as a person would, and stops
-everything it started. ``--keep-running`` leaves the setup up for a person to try other commands.
+everything it started. ``--keep-running`` leaves the setup up for a person to try other commands;
+``--capture FILE`` has the daemon record the master link to FILE (for ``uc2otad-sim --replay``).
 
 Main constraint: nothing may be left behind, whatever happens (a failed step, Ctrl-C, SIGTERM): every
 program runs in its own session (a Ctrl-C on the terminal reaches only uc2otactl, which cancels) and is
@@ -98,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-running", action="store_true",
                         help="after the update, leave everything running until Ctrl-C")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="work folder (default: a new temporary one, removed)")
+    parser.add_argument("--capture", type=Path, metavar="FILE",
+                        help="record the master link to FILE, as uc2otad --capture does, for "
+                             "uc2otad-sim --replay")  # fmt: skip
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_stopped)
     # Ctrl-C ends the demo cleanly even when it was started with SIGINT ignored (`demo &` in a script)
@@ -106,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         with ExitStack() as stack:
-            return _run(workdir, stack, keep_running=args.keep_running)
+            return _run(workdir, stack, keep_running=args.keep_running, capture=args.capture)
     except DemoError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
@@ -118,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(workdir: Path, stack: ExitStack, *, keep_running: bool) -> int:
+def _run(workdir: Path, stack: ExitStack, *, keep_running: bool, capture: Path | None = None) -> int:
     bus_address = stack.enter_context(_private_bus(workdir))
     firmware = _firmware_folder(workdir / "firmware")
     (workdir / "microscope.toml").write_text(MICROSCOPE_TOML)
@@ -126,7 +130,7 @@ def _run(workdir: Path, stack: ExitStack, *, keep_running: bool) -> int:
     print(f"demo: virtual microscope on {microscope['serial_link']}, boards "
           f"{', '.join(sorted(microscope['nodes'], key=int))}, firmware {NEW_VERSION} at "
           f"{microscope['firmware_server']}", flush=True)  # fmt: skip
-    stack.enter_context(_daemon(workdir, bus_address, microscope))
+    stack.enter_context(_daemon(workdir, bus_address, microscope, capture))
     env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": bus_address}
     _ctl(env, "scan")
     status = _ctl(env, "update", "--all", "--delay", str(BATCH_DELAY))
@@ -172,7 +176,9 @@ def _microscope(workdir: Path, firmware: Path) -> Iterator[dict[str, Any]]:
 
 
 @contextmanager
-def _daemon(workdir: Path, bus_address: str, microscope: dict[str, Any]) -> Iterator[None]:
+def _daemon(
+    workdir: Path, bus_address: str, microscope: dict[str, Any], capture: Path | None = None
+) -> Iterator[None]:
     """``uc2otad`` on the private bus, until it says READY=1 (sd_notify, as under systemd)."""
     config = workdir / "uc2otad.toml"
     config.write_text(DAEMON_TOML)
@@ -184,6 +190,8 @@ def _daemon(workdir: Path, bus_address: str, microscope: dict[str, Any]) -> Iter
                    "--serial-port", microscope["serial_link"], "--firmware-server",
                    microscope["firmware_server"], "--state-dir", str(workdir / "state"),
                    "--cache-dir", str(workdir / "cache")]  # fmt: skip
+        if capture is not None:
+            command += ["--capture", str(capture)]
         with _started(command, workdir / "uc2otad.log", env=env) as process:
             deadline = time.monotonic() + START_TIMEOUT
             while True:

@@ -416,7 +416,7 @@ class VirtualMaster:
             self._receive(attachment, bytes(held))
 
     def _endpoints_of(self, kind: MasterKind) -> dict[str, Endpoint]:
-        """The tasks the firmware generation handles; it answers nothing to any other task."""
+        """The tasks the firmware generation handles; any other gets the int reply -1 (``_handle``)."""
         if kind is MasterKind.CANOPEN:
             return {
                 "/state_get": self._state_get,
