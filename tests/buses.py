@@ -53,6 +53,13 @@ class PrivateBus:
             self.stop()
             raise RuntimeError("dbus-daemon printed no address")
 
+    @property
+    def pid(self) -> int:
+        """dbus-daemon's process id (a test stops and continues it with SIGSTOP/SIGCONT)."""
+        if self._process is None:
+            raise RuntimeError("dbus-daemon is not running")
+        return self._process.pid
+
     def stop(self) -> None:
         if self._process is None:
             return

@@ -99,6 +99,15 @@ class DaemonProcess:
             if line in message.split("\n"):
                 return message.split("\n")
 
+    def wait(self, timeout: float) -> int | None:
+        """Its exit status once it has ended by itself; None if it still runs after ``timeout`` s."""
+        if self._process is None:
+            raise RuntimeError("uc2otad is not running")
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self) -> int:
         """SIGTERM and wait; the exit status."""
         if self._process is None:

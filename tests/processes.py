@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 #: seconds between SIGTERM and SIGKILL
@@ -21,3 +25,13 @@ def terminate(process: subprocess.Popen[Any]) -> int:
         if pipe is not None:
             pipe.close()
     return status
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """SIGSTOP the process for the block, SIGCONT after it (also when the block fails)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -13,7 +13,7 @@ class Recorder:
     def __init__(self) -> None:
         self.published: list[dict[str, Any]] = []
 
-    async def __call__(self, status: dict[str, Any]) -> None:
+    def __call__(self, status: dict[str, Any]) -> None:
         self.published.append(status)
 
     def steps(self) -> list[tuple[str, int]]:
@@ -23,13 +23,13 @@ class Recorder:
 async def test_the_wifi_sequence_is_the_documents() -> None:
     seen = Recorder()
     board = BoardStatus(11, "wifi", seen, job_id="j1", firmware="m.bin")
-    await board.advance(Phase.COMMAND_SENT)
-    await board.advance(Phase.WIFI_CONNECTED, ip="127.0.0.111", hostname="UC2-CAN-B.local")
-    await board.advance(Phase.DOWNLOADING)
+    board.advance(Phase.COMMAND_SENT)
+    board.advance(Phase.WIFI_CONNECTED, ip="127.0.0.111", hostname="UC2-CAN-B.local")
+    board.advance(Phase.DOWNLOADING)
     for percent in (0, 3, 9.9, 10, 47, 55, 99.5, 100):
-        await board.progress(percent)
-    await board.advance(Phase.VERIFYING)
-    await board.succeed(verification="version", firmware_version="v2026.2.0")
+        board.progress(percent)
+    board.advance(Phase.VERIFYING)
+    board.succeed(verification="version", firmware_version="v2026.2.0")
 
     assert seen.steps() == [
         ("command_sent", 0), ("wifi_connected", 0), ("downloading", 0),
@@ -51,12 +51,12 @@ async def test_the_wifi_sequence_is_the_documents() -> None:
 async def test_the_streaming_sequence_flashes_before_verifying() -> None:
     seen = Recorder()
     board = BoardStatus(20, "can", seen)
-    await board.advance(Phase.COMMAND_SENT)
-    await board.advance(Phase.DOWNLOADING)
-    await board.progress(100)
-    await board.advance(Phase.FLASHING)
-    await board.advance(Phase.VERIFYING)
-    await board.succeed(verification="transfer")
+    board.advance(Phase.COMMAND_SENT)
+    board.advance(Phase.DOWNLOADING)
+    board.progress(100)
+    board.advance(Phase.FLASHING)
+    board.advance(Phase.VERIFYING)
+    board.succeed(verification="transfer")
     assert seen.steps() == [
         ("command_sent", 0), ("downloading", 0), *[("uploading", p) for p in range(0, 100, 10)],
         ("flashing", 100), ("verifying", 100), ("success", 100),
@@ -66,23 +66,23 @@ async def test_the_streaming_sequence_flashes_before_verifying() -> None:
 
 async def test_steps_never_go_back_nor_skip_to_success() -> None:
     board = BoardStatus(11, "wifi", Recorder())
-    await board.advance(Phase.COMMAND_SENT)
-    await board.advance(Phase.DOWNLOADING)
+    board.advance(Phase.COMMAND_SENT)
+    board.advance(Phase.DOWNLOADING)
     with pytest.raises(SequenceError):
-        await board.advance(Phase.WIFI_CONNECTED)
+        board.advance(Phase.WIFI_CONNECTED)
     with pytest.raises(SequenceError):
-        await board.advance(Phase.FLASHING)  # not a WiFi step
+        board.advance(Phase.FLASHING)  # not a WiFi step
     with pytest.raises(SequenceError):
-        await board.succeed(verification="version")  # not after verifying
+        board.succeed(verification="version")  # not after verifying
     with pytest.raises(SequenceError):
-        await board.succeed(verification="hope")
+        board.succeed(verification="hope")
 
 
 async def test_a_failure_carries_the_documents_row_and_a_retry_starts_again() -> None:
     seen = Recorder()
     board = BoardStatus(11, "wifi", seen)
-    await board.advance(Phase.COMMAND_SENT)
-    await board.fail("wifi_failed", detail="1: WiFi connection failed", wifi=True)
+    board.advance(Phase.COMMAND_SENT)
+    board.fail("wifi_failed", detail="1: WiFi connection failed", wifi=True)
     failed = seen.published[-1]
     assert (failed["status"], failed["upload_status"], failed["error_code"]) == (
         "wifi_failed",
@@ -93,10 +93,10 @@ async def test_a_failure_carries_the_documents_row_and_a_retry_starts_again() ->
         "Check SSID/password" in failed["message"] and failed["upload_error"] == "1: WiFi connection failed"
     )
     with pytest.raises(SequenceError):
-        await board.advance(Phase.WIFI_CONNECTED)
+        board.advance(Phase.WIFI_CONNECTED)
 
     board.retry()
-    await board.advance(Phase.COMMAND_SENT)
+    board.advance(Phase.COMMAND_SENT)
     again = seen.published[-1]
     assert (again["attempt"], again["upload_status"]) == (2, "command_sent")
     assert "error_code" not in again

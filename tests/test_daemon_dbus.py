@@ -299,7 +299,7 @@ async def test_journal_entries_carry_the_uc2_fields_and_interrupted_jobs_are_rec
     # a job row left "running", as a daemon killed with SIGKILL mid-update leaves it
     store = StatusStore(tmp_path / "daemon" / "state" / "uc2otad.sqlite3")
     await store.open()
-    await store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading"})
+    store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading"})
     await store.begin_job(JobRecord(job_id="job-killed", can_id=11, method="wifi"))
     await store.close()
 

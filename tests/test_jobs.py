@@ -43,10 +43,10 @@ class ScriptedMethod:
 
     async def run(self, job: Job) -> None:
         self.attempts += 1
-        await job.status.advance(Phase.COMMAND_SENT)
-        await job.status.advance(Phase.WIFI_CONNECTED, ip="127.0.0.111")
-        await job.status.advance(Phase.DOWNLOADING)
-        await job.status.progress(0)
+        job.status.advance(Phase.COMMAND_SENT)
+        job.status.advance(Phase.WIFI_CONNECTED, ip="127.0.0.111")
+        job.status.advance(Phase.DOWNLOADING)
+        job.status.progress(0)
         if self.commit_before_hold:
             job.committed()
         self.started.set()
@@ -54,16 +54,16 @@ class ScriptedMethod:
             raise self.failures.pop(0)
         if self.hold is not None:
             await self.hold.wait()
-        await job.status.progress(100)
-        await job.status.advance(Phase.VERIFYING)
-        await job.status.succeed(verification="version", firmware_version="v2")
+        job.status.progress(100)
+        job.status.advance(Phase.VERIFYING)
+        job.status.succeed(verification="version", firmware_version="v2")
 
 
 class Published:
     def __init__(self) -> None:
         self.statuses: list[dict[str, Any]] = []
 
-    async def __call__(self, can_id: int, status: dict[str, Any]) -> None:
+    def __call__(self, can_id: int, status: dict[str, Any]) -> None:
         self.statuses.append(status)
 
 

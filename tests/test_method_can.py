@@ -39,7 +39,7 @@ class Recorder:
     def __init__(self) -> None:
         self.published: list[dict[str, Any]] = []
 
-    async def __call__(self, status: dict[str, Any]) -> None:
+    def __call__(self, status: dict[str, Any]) -> None:
         self.published.append(status)
 
 
@@ -108,7 +108,7 @@ async def test_a_board_that_does_not_come_back_is_board_not_back(
 ) -> None:
     async with microscope(tmp_path) as scope, linked(scope) as link:
 
-        async def unplug_at_verifying(status: dict[str, Any]) -> None:
+        def unplug_at_verifying(status: dict[str, Any]) -> None:
             if status["upload_status"] == "verifying":  # the board reboots, and never returns to the bus
                 scope.master.set_node_online(NODE, False)
 

@@ -28,7 +28,7 @@ from uc2otad.sim.profiles import UNVERSIONED, Profile, generation_of, release_of
 from uc2otad.sim.timing import MasterTiming
 
 NODE = 11
-TIMING = MasterTiming(sdo_time=0.0, sdo_timeout=0.05, restart_delay=0.0, node_boot_time=0.3,
+TIMING = MasterTiming(sdo_time=0.0, sdo_timeout=0.5, restart_delay=0.0, node_boot_time=0.3,
                       heartbeat_interval=0.05, node_liveness=5.0)  # fmt: skip
 RELEASE = "v2026.2.0-beta.4-6-g2108590-t20260930092622-pr1234-dirty-000"
 
@@ -118,7 +118,8 @@ async def test_a_july_board_reports_its_modules_build_not_the_images_descriptor(
 
 
 async def test_a_node_in_a_short_reboot_stays_idle_in_a_scan_without_its_identity(tmp_path: Path) -> None:
-    timing = replace(TIMING, node_boot_time=3.0)  # a boot the scan cannot miss, even on a loaded machine
+    # a boot the scan cannot miss even on a loaded machine; its reads are meant to go unanswered
+    timing = replace(TIMING, node_boot_time=3.0, sdo_timeout=0.05)
     async with scope_and_client(tmp_path, timing=timing) as (scope, client):
         slave = scope.master.slave(NODE)
         await ask(client, b'{"task":"/can_act","restart":11,"qid":4}\n')

@@ -27,20 +27,20 @@ async def store(tmp_path: Path) -> AsyncIterator[StatusStore]:
 
 async def test_status_and_history_survive_a_reopen(store: StatusStore) -> None:
     status = {"can_id": 11, "status": "success", "upload_status": "success", "upload_progress": 100}
-    await store.put_status(11, status)
+    store.put_status(11, status)
     job = await store.begin_job(JobRecord(job_id="j1", can_id=11, method="wifi", firmware="a.bin"))
     assert job.state == "running" and job.started
-    await store.finish_job("j1", success=True)
+    store.finish_job("j1", success=True)
     await store.begin_job(JobRecord(job_id="j2", can_id=20, method="can"))
-    await store.finish_job("j2", success=False, error_code="master_error", message="crc_mismatch")
+    store.finish_job("j2", success=False, error_code="master_error", message="crc_mismatch")
     await store.close()
 
     reopened = StatusStore(store.path)
     assert await reopened.open() == []
     try:
-        assert await reopened.get_status(11) == status
-        assert await reopened.get_status(12) is None
-        assert set(await reopened.all_status()) == {11}
+        assert reopened.get_status(11) == status
+        assert reopened.get_status(12) is None
+        assert set(reopened.all_status()) == {11}
         history = await reopened.history()
         assert [entry.job_id for entry in history] == ["j2", "j1"]  # newest first
         assert history[0].as_dict()["error_code"] == "master_error"
@@ -51,8 +51,8 @@ async def test_status_and_history_survive_a_reopen(store: StatusStore) -> None:
 
 
 async def test_a_job_left_running_is_interrupted_on_the_next_open(store: StatusStore) -> None:
-    await store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading"})
-    await store.put_status(20, {"can_id": 20, "status": "success", "upload_status": "success"})
+    store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading"})
+    store.put_status(20, {"can_id": 20, "status": "success", "upload_status": "success"})
     await store.begin_job(JobRecord(job_id="j1", can_id=11, method="wifi"))
     await store.close()
 
@@ -63,14 +63,14 @@ async def test_a_job_left_running_is_interrupted_on_the_next_open(store: StatusS
         row = (await reopened.history(11))[0]
         assert (row.state, row.error_code) == ("failed", "interrupted")
         assert row.finished
-        board = await reopened.get_status(11)
+        board = reopened.get_status(11)
         assert board is not None
         assert (board["status"], board["upload_status"], board["error_code"]) == (
             "failed",
             "failed",
             "interrupted",
         )
-        assert (await reopened.get_status(20) or {})["status"] == "success"  # final states stay
+        assert (reopened.get_status(20) or {})["status"] == "success"  # final states stay
     finally:
         await reopened.close()
 
@@ -84,11 +84,12 @@ KILLED_WRITER = textwrap.dedent(
     async def main() -> None:
         store = StatusStore(Path(sys.argv[1]))
         await store.open()
-        await store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "command_sent"})
+        store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "command_sent"})
         await store.begin_job(JobRecord(job_id="killed", can_id=11, method="can"))
         for n in range(10_000):  # keep writing until the parent kills us mid-transaction
-            await store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading",
-                                        "upload_progress": n % 100})
+            store.put_status(11, {"can_id": 11, "status": "initiated", "upload_status": "uploading",
+                                  "upload_progress": n % 100})
+            await store.flush()
             if n == 50:
                 print("writing", flush=True)
 

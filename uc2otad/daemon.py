@@ -2,7 +2,10 @@
 
 Start-up order matters to clients: the status store is opened and reconciled first, then the bus name
 is requested, and only once it is owned does systemd hear READY=1, so a client started "after" uc2otad
-can call it at once. SIGTERM or SIGINT sends STOPPING=1, leaves the bus and closes the store.
+can call it at once. SIGTERM or SIGINT sends STOPPING=1, leaves the bus and closes the store (exit 0).
+Losing the bus connection (dbus-daemon stopped or restarted, the connection broken) is an error: the
+daemon logs it, stops the engine and exits 1, so that ``Restart=on-failure`` starts it again on the new
+bus; a daemon left running without its bus name would serve nobody (issue 14, D1).
 """
 
 from __future__ import annotations
@@ -96,17 +99,37 @@ async def run(config: settings.Settings, persisted: dict[str, object], bus_type:
 
     interval = watchdog_interval()
     watchdog = asyncio.create_task(run_watchdog(interval)) if interval else None
-    await stop.wait()
+    lost = await _until_stopped_or_lost(stop, service)
 
-    notify("STOPPING=1")
-    _LOGGER.info("uc2otad: stopping")
+    if lost is None:
+        notify("STOPPING=1")
+        _LOGGER.info("uc2otad: stopping")
+    else:
+        notify(f"STATUS=lost its D-Bus connection: {lost}")
+        _LOGGER.error(
+            "uc2otad: lost its D-Bus connection (%s); exiting with status %d to be restarted",
+            lost, EXIT_FAILURE,
+        )  # fmt: skip
     if watchdog is not None:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
     await service.stop()
     await engine.stop()
-    return 0
+    return 0 if lost is None else EXIT_FAILURE
+
+
+async def _until_stopped_or_lost(stop: asyncio.Event, service: DBusService) -> str | None:
+    """Wait for SIGTERM/SIGINT (None) or the end of the bus connection (why it ended)."""
+    stopping = asyncio.create_task(stop.wait())
+    lost = asyncio.create_task(service.wait_lost())
+    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopping, lost):
+        task.cancel()
+    await asyncio.wait({stopping, lost})
+    if lost.cancelled():
+        return None
+    return lost.result()
 
 
 if __name__ == "__main__":

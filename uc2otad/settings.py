@@ -12,6 +12,7 @@ Config file layout (every key optional)::
 
     [serial]   port = "/dev/serial/by-id/…"   baud = 921600   ownership = "exclusive" | "on-demand"
                capture = "/var/lib/uc2otad/capture.jsonl"   (every byte on the link; "" = none)
+               handshake_timeout = 2.0   reconnect_max_delay = 10.0   master_rx_timeout = 30.0
     [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
                connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
     [catalog.images]  "11" = ["lab_motor_x.bin"]
@@ -46,7 +47,10 @@ from uc2otad.firmware.server import (
     TRANSFER_TIMEOUT,
     normalize_server_url,
 )
+from uc2otad.links.ota_stream import MASTER_RX_TIMEOUT
 from uc2otad.links.ota_wifi import WIFI_EVENT_TIMEOUT
+from uc2otad.links.reconnect import RECONNECT_POLICY
+from uc2otad.links.serial_hat import HANDSHAKE_TIMEOUT
 from uc2otad.methods.defaults import ARDUINO_OTA_PORT, CHUNK_TIMEOUT, ESPTOOL_TIMEOUT, INVITE_TIMEOUT
 from uc2otad.methods.verify import INTERVAL, SETTLE, WINDOW
 
@@ -82,6 +86,12 @@ class Settings:
     serial_ownership: PortOwnership = "exclusive"
     #: a JSON-lines file that records the link's traffic (uc2otad/links/capture.py); None: no capture
     serial_capture: Path | None = None
+    #: seconds for the master's answer to ``/state_get`` when the port opens (per baud rate tried)
+    serial_handshake_timeout: float = HANDSHAKE_TIMEOUT
+    #: the longest pause between tries to (re)open the port (the first is 0.5 s, then doubling)
+    serial_reconnect_max_delay: float = RECONNECT_POLICY.max_delay
+    #: the master's ``rx_timeout``: how long it swallows bytes as firmware after a stream stops
+    serial_master_rx_timeout: float = MASTER_RX_TIMEOUT
     firmware_server: str = DEFAULT_SERVER_URL
     firmware_cache_dir: Path = field(default_factory=default_cache_dir)
     firmware_connect_timeout: float = CONNECT_TIMEOUT
@@ -218,6 +228,9 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "serial.baud": ("serial_baud", _positive_int),
     "serial.ownership": ("serial_ownership", _choice("exclusive", "on-demand")),
     "serial.capture": ("serial_capture", _optional_path),
+    "serial.handshake_timeout": ("serial_handshake_timeout", _positive_float),
+    "serial.reconnect_max_delay": ("serial_reconnect_max_delay", _positive_float),
+    "serial.master_rx_timeout": ("serial_master_rx_timeout", _positive_float),
     "firmware.server": ("firmware_server", _server),
     "firmware.cache_dir": ("firmware_cache_dir", _path),
     "firmware.connect_timeout": ("firmware_connect_timeout", _positive_float),

@@ -13,7 +13,9 @@ master, so that an update takes the WiFi method and the WiFi password travels), 
 folders. Then, as users it creates: an unprivileged user reads the status but is refused every other
 method with ``org.freedesktop.DBus.Error.AccessDenied``; a member of group ``uc2ota`` stores WiFi
 credentials and updates a board through ``uc2otactl``; the password is found in no reply, property,
-signal, log line, journal entry or file the unprivileged user can read.
+signal, log line, journal entry or file the unprivileged user can read. And a burst of reads the
+unprivileged user may send (2 connections x 128 GetAllStatus that never read their replies, answered
+while dbus-daemon is not reading either) leaves the daemon on the bus and answering (issue 14, D1).
 
 Not collected by pytest (no ``test_`` prefix): it needs root, the installed package and Debian's
 python3-dbus-fast. The same file is the client the other users run (``client …`` sub-commands), so
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -112,6 +115,13 @@ UPDATE_TIMEOUT = 90.0
 CALL_TIMEOUT = 30.0
 #: WATCHDOG_USEC given to the daemon: it must ping every second (half of it)
 WATCHDOG_USEC = 2_000_000
+#: the read burst: connections x GetAllStatus calls each (dbus-daemon allows 128 pending calls per
+#: connection), and the seconds the daemon answers while dbus-daemon does not read
+BURST_CONNECTIONS = 2
+BURST_CALLS = 128
+BURST_WINDOW = 1.0
+#: a name nobody owns: the bus's error for it tells a burst client that its calls have all been routed
+BURST_SENTINEL = "org.openuc2.OTA1.Check.NoSuchName"
 CAN_ID = 11
 SSID = "uc2-check"
 
@@ -198,7 +208,7 @@ async def _client_call(interface: str, member: str, signature: str, arguments: l
     from dbus_fast.aio import MessageBus  # noqa: PLC0415
 
     destination, path = BUS_NAME, OBJECT_PATH
-    if interface.startswith("org.freedesktop.DBus") and member in {"BecomeMonitor"}:
+    if interface.startswith("org.freedesktop.DBus") and member in {"BecomeMonitor", "GetNameOwner"}:
         destination, path = "org.freedesktop.DBus", "/org/freedesktop/DBus"
     body = [_to_dbus(kind, value) for kind, value in zip(_split_signature(signature), arguments, strict=True)]
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
@@ -253,6 +263,51 @@ async def _client_listen() -> list[dict[str, Any]]:
     return received
 
 
+def _client_burst(connections: int, calls: int) -> dict[str, int]:
+    """``connections`` bare connections that send ``calls`` GetAllStatus each and never read a reply.
+
+    Prints "ready" once the bus has routed every call (it answers a last call to itself after them),
+    then keeps the connections open, still unread, until stdin closes.
+    """
+    from dbus_fast import Message  # noqa: PLC0415
+
+    path = os.environ["DBUS_SYSTEM_BUS_ADDRESS"].removeprefix("unix:path=").split(",")[0]
+
+    def to_bus(member: str, serial: int, body: list[Any]) -> Message:
+        return Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                       interface="org.freedesktop.DBus", member=member, signature="s" * len(body),
+                       body=body, serial=serial)  # fmt: skip
+
+    opened: list[socket.socket] = []
+    for _ in range(connections):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CALL_TIMEOUT)
+        sock.connect(path)
+        sock.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
+        expect(sock.recv(4096).startswith(b"OK "), "the bus refused the burst client's authentication")
+        sock.sendall(b"BEGIN\r\n")
+        messages = [to_bus("Hello", 1, [])]
+        messages += [
+            Message(destination=BUS_NAME, path=OBJECT_PATH, interface=BUS_NAME, member="GetAllStatus",
+                    serial=2 + number)
+            for number in range(calls)
+        ]  # fmt: skip
+        messages.append(to_bus("GetNameOwner", calls + 2, [BURST_SENTINEL]))
+        sock.sendall(b"".join(bytes(message._marshall(False)) for message in messages))
+        opened.append(sock)
+    for sock in opened:  # only the bus's own answers arrive while the daemon is stopped
+        received = b""
+        while BURST_SENTINEL.encode() not in received:
+            chunk = sock.recv(65536)
+            expect(bool(chunk), "the bus closed a burst connection")
+            received += chunk
+    print("ready", flush=True)
+    sys.stdin.read()
+    for sock in opened:
+        sock.close()
+    return {"connections": connections, "calls": calls}
+
+
 def _client_files(paths: list[str]) -> dict[str, list[str]]:
     """What this user can open under ``paths``, and which of those hold the secret (read from stdin)."""
     secret = sys.stdin.read().encode()
@@ -295,6 +350,8 @@ def client_main(argv: list[str]) -> int:
         result = asyncio.run(_client_call(interface, member, signature, json.loads(arguments)))
     elif command == "listen":
         result = asyncio.run(_client_listen())
+    elif command == "burst":
+        result = _client_burst(*(int(number) for number in rest))
     elif command == "files":
         result = _client_files(rest)
     else:
@@ -318,6 +375,7 @@ class Setup:
 
     folder: Path
     bus_address: str = ""
+    bus: subprocess.Popen[str] | None = None
     processes: list[subprocess.Popen[Any]] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     journal: JournalCapture | None = None
@@ -469,6 +527,7 @@ def start_bus(setup: Setup) -> None:
         text=True,
     )
     setup.processes.append(process)
+    setup.bus = process
     assert process.stdout is not None
     setup.bus_address = process.stdout.readline().strip()
     expect(bool(setup.bus_address), "dbus-daemon printed no address")
@@ -819,6 +878,54 @@ def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
     return signals
 
 
+@contextlib.contextmanager
+def paused(process: subprocess.Popen[Any]) -> Iterator[None]:
+    """SIGSTOP ``process`` for the block, SIGCONT after it (also when the block fails)."""
+    process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+
+def check_read_burst(setup: Setup) -> None:
+    """Issue 14, D1: a burst of reads any user may send. dbus-fast's own writer took the full socket
+    for a broken connection and left the daemon without its name or deaf; it must keep both.
+
+    The daemon is stopped while the calls are routed to it, then answers those that reached it while
+    dbus-daemon is stopped: its replies pass its socket buffer, as when dbus-daemon falls behind. With
+    dbus-fast 1.84's writer the daemon kept its name but answered nothing more (GetStatus timed out)."""
+    assert setup.daemon is not None and setup.bus is not None
+    owner = call(READER, "org.freedesktop.DBus", "GetNameOwner", "s", [BUS_NAME])
+    expect("ok" in owner, f"nobody owns {BUS_NAME} before the burst: {owner}")
+    command = ["/usr/bin/python3", "-I", str(Path(__file__).resolve()), "client", "burst"]
+    with paused(setup.daemon):
+        burst = subprocess.Popen(
+            ["setpriv", f"--reuid={READER}", f"--regid={READER}", "--init-groups", *command,
+             str(BURST_CONNECTIONS), str(BURST_CALLS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/", env=_user_env(READER),
+        )  # fmt: skip
+        setup.processes.append(burst)
+        assert burst.stdin is not None and burst.stdout is not None
+        expect(burst.stdout.readline().strip() == "ready", f"{READER}'s burst client did not start")
+        with paused(setup.bus):
+            setup.daemon.send_signal(signal.SIGCONT)
+            time.sleep(BURST_WINDOW)
+    try:
+        answer = call(READER, BUS_NAME, "GetStatus", "u", [CAN_ID])
+        expect("ok" in answer, f"after the burst GetStatus answered {answer}")
+        after = call(READER, "org.freedesktop.DBus", "GetNameOwner", "s", [BUS_NAME])
+        expect(after == owner, f"after the burst the owner of {BUS_NAME} is {after}, was {owner}")
+        expect(setup.daemon.poll() is None, f"uc2otad exited {setup.daemon.returncode} after the burst")
+    finally:
+        burst.stdin.close()
+        burst.wait(START_TIMEOUT)
+    passed(
+        f"{READER}: {BURST_CONNECTIONS} connections x {BURST_CALLS} GetAllStatus never reading their "
+        "replies, answered while dbus-daemon was stopped: uc2otad kept its name and answers"
+    )
+
+
 def check_secret_at_rest(setup: Setup, secret: str) -> None:
     password_file = STATE_DIR / "wifi-password"
     info = password_file.stat()
@@ -899,6 +1006,7 @@ def check_all(setup: Setup, args: argparse.Namespace) -> None:
     check_operator(setup, secret)
     check_reader(secret)  # again, now that a password is stored and a board was updated
     check_secret_at_rest(setup, secret)
+    check_read_burst(setup)
     status = stop_daemon(setup)
     expect(status == 0, f"uc2otad exited {status} on SIGTERM")
     expect(any("STOPPING=1" in message.split("\n") for message in setup.notifications), "no STOPPING=1")

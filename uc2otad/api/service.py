@@ -4,11 +4,16 @@ Two things dbus-fast does not do for a method: tell it who called, and tell us w
 gone. A message handler records each method call's sender in :data:`CALLER` just before dispatch (the
 method's task inherits that context), and a NameOwnerChanged match releases the inhibits of a client
 that left the bus, crashed or not.
+
+The connection can also end without :meth:`DBusService.stop`: dbus-daemon stopped or restarted, the
+connection broke or was given up (compat_bus.py). :meth:`DBusService.wait_lost` returns then, with the
+reason, and the daemon ends with a failure status for systemd to restart it: a process on the bus
+without its name would answer nobody and never be restarted (issue 14, D1).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 
 from dbus_fast import BusType, Message, MessageType, RequestNameReply
@@ -37,11 +42,15 @@ class DBusService:
         self._bus_type = bus_type
         self._bus: MessageBus | None = None
         self._interface: OTA1Interface | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[str] | None = None
 
     async def start(self) -> None:
         """:raises BusNameTakenError: the name is owned by someone else"""
         bus = await CompatBus(bus_type=self._bus_type).connect()
         self._bus = bus
+        self._lost = asyncio.get_running_loop().create_future()
+        self._watcher = asyncio.create_task(self._watch(bus), name="uc2otad-bus-watch")
         bus.add_message_handler(self._on_message)
         await bus.call(
             Message(
@@ -61,6 +70,12 @@ class DBusService:
             raise BusNameTakenError(f"{names.BUS_NAME} is already owned on this bus: is uc2otad running?")
         _LOGGER.info("api: serving %s on the %s bus", names.BUS_NAME, self._bus_type.name.lower())
 
+    async def wait_lost(self) -> str:
+        """Return once the connection has ended without :meth:`stop` (call after :meth:`start`): why."""
+        if self._lost is None:
+            raise RuntimeError("DBusService.wait_lost before start")
+        return await asyncio.shield(self._lost)
+
     async def stop(self) -> None:
         """Leave the bus; safe to call twice."""
         if self._interface is not None:
@@ -69,9 +84,20 @@ class DBusService:
         if self._bus is not None:
             bus, self._bus = self._bus, None
             bus.disconnect()
-            # a bus that went away first (dbus-daemon stopped) reports how it ended: nothing left to leave
-            with contextlib.suppress(EOFError, OSError):
-                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            if self._watcher is not None:
+                await self._watcher  # returns once the connection has ended
+
+    async def _watch(self, bus: MessageBus) -> None:
+        """Wait for the connection's end; unless :meth:`stop` ended it, tell :meth:`wait_lost` why."""
+        try:
+            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            reason = "dbus-daemon closed the connection"
+        except EOFError:
+            reason = "dbus-daemon closed the connection"
+        except Exception as err:  # how the connection ended, whatever it was: reported, not raised
+            reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        if bus is self._bus and self._lost is not None and not self._lost.done():
+            self._lost.set_result(reason)
 
     def _on_message(self, message: Message) -> None:
         if message.message_type is MessageType.METHOD_CALL and message.sender:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets as token
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,9 @@ from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
 from uc2otad.links.capture import LinkCapture
 from uc2otad.links.commands import ScanResult
+from uc2otad.links.ota_stream import StreamSettings
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS, WifiOtaSettings
+from uc2otad.links.reconnect import RECONNECT_POLICY
 from uc2otad.links.serial_hat import HatSettings
 from uc2otad.methods.verify import VerifySettings, same_release
 from uc2otad.retry import RetryPolicy
@@ -153,6 +155,9 @@ class Engine:
         self._inhibitors: dict[str, _Inhibitor] = {}
         self._settings_lock = asyncio.Lock()
         hat = HatSettings(
+            handshake_timeout=config.serial_handshake_timeout,
+            reconnect=replace(RECONNECT_POLICY, max_delay=config.serial_reconnect_max_delay),
+            stream=StreamSettings(master_rx_timeout=config.serial_master_rx_timeout),
             wifi_ota=WifiOtaSettings(event_timeout=config.wifi_join_timeout),
             capture=LinkCapture(config.serial_capture) if config.serial_capture else None,
         )
@@ -225,10 +230,10 @@ class Engine:
     # ---- status and history -------------------------------------------------------------------------
 
     async def get_status(self, can_id: int) -> dict[str, Any]:
-        return await self.store.get_status(can_id) or idle_status(can_id)
+        return self.store.get_status(can_id) or idle_status(can_id)
 
     async def all_status(self) -> dict[int, dict[str, Any]]:
-        return await self.store.all_status()
+        return self.store.all_status()
 
     async def history(self, can_id: int) -> list[JobRecord]:
         return await self.store.history(can_id)
@@ -476,8 +481,9 @@ class Engine:
             return
         await self.jobs.cancel(check_can_id(can_id))
 
-    async def _publish_status(self, can_id: int, status: dict[str, Any]) -> None:
-        await self.store.put_status(can_id, status)
+    def _publish_status(self, can_id: int, status: dict[str, Any]) -> None:
+        """A board's new status: kept in memory and signalled at once; the store's writer persists it."""
+        self.store.put_status(can_id, status)
         self._emit(StatusChanged(can_id, status))
         if self._progress.update(status):
             self._set_property("progress", self._progress.percent)

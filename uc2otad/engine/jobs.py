@@ -3,7 +3,9 @@
 The rules every method shares live here, so that no method can forget one:
 - one job per board at a time (a second request is :class:`JobBusyError`);
 - no job starts while an inhibit is held (:class:`InhibitedError`);
-- the history row is written *before* the method touches the board, and closed with the result;
+- the history row is written *before* the method touches the board, and closed with the result (a
+  row the status store cannot write within ``history_timeout`` fails the job before the board is
+  touched, see :meth:`JobManager._recorded`); status changes never wait for the disk;
 - retries: a failure whose ``error_code`` may pass (:data:`TRANSIENT`) starts the attempt again, up to
   ``retries`` times, ``retry_delay`` apart; the status dict restarts its sequence with ``attempt`` + 1;
 - cancel stops the job at its next await; a method that has passed the point of no return (the board
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +32,7 @@ from uc2otad.errors import (
     JobBusyError,
     JobError,
     NoJobError,
+    StoreError,
     Uc2otadError,
     WifiJoinError,
 )
@@ -45,6 +48,11 @@ TRANSIENT = frozenset({"upload_timeout", "upload_connection_failed", "master_err
 RETRIES = 2
 #: seconds between attempts
 RETRY_DELAY = 5.0
+#: seconds a job waits for its history row to reach the file (the status store retries a locked or full
+#: database meanwhile) before it fails without touching the board: several of the store's 5 s busy
+#: timeouts, so that a backup's lock is waited out, and short enough that a full disk shows as a failed
+#: job within half a minute rather than as a job that waits unseen
+HISTORY_TIMEOUT = 30.0
 
 
 @dataclass
@@ -114,18 +122,20 @@ class JobManager:
     def __init__(
         self,
         store: StatusStore,
-        publish: Callable[[int, dict[str, Any]], Awaitable[None]],
+        publish: Callable[[int, dict[str, Any]], None],
         *,
         inhibited: Callable[[], bool],
         retries: int = RETRIES,
         retry_delay: float = RETRY_DELAY,
+        history_timeout: float = HISTORY_TIMEOUT,
     ) -> None:
-        """:param publish: persist and signal a board's status dict"""
+        """:param publish: keep, signal and persist a board's status dict (it must not wait)"""
         self._store = store
         self._publish = publish
         self._inhibited = inhibited
         self.retries = retries
         self.retry_delay = retry_delay
+        self.history_timeout = history_timeout
         self._running: dict[int, _Running] = {}
         self._on_change: list[Callable[[], None]] = []
         self._stopping = False
@@ -163,8 +173,8 @@ class JobManager:
             raise JobBusyError(f"board {can_id} already has a running update")
         job_id = secrets.token_hex(8)
 
-        async def publish(status: dict[str, Any]) -> None:
-            await self._publish(can_id, status)
+        def publish(status: dict[str, Any]) -> None:
+            self._publish(can_id, status)
 
         status = BoardStatus(can_id, method.name, publish, job_id=job_id, **fields)
         context = JobContext(job_id, can_id, status, options)
@@ -218,15 +228,16 @@ class JobManager:
             previous_version=known.get("previous_version"),
         )
         try:
-            await self._store.begin_job(record)
+            if not await self._recorded(job, record):
+                return
             async with gate:
                 job._ended(await self._attempts(job, method))
         except asyncio.CancelledError:
             job._ended(JobError(f"board {job.can_id}: the update was stopped before the master answered"))
             if self._stopping:
                 raise  # daemon shutdown: leave the row running, reconciled as interrupted on start-up
-            await job.status.fail("cancelled")
-            await self._store.finish_job(
+            job.status.fail("cancelled")
+            self._store.finish_job(
                 job.job_id,
                 success=False,
                 error_code="cancelled",
@@ -238,6 +249,35 @@ class JobManager:
             self._running.pop(job.can_id, None)
             self._changed()
 
+    async def _recorded(self, job: JobContext, record: JobRecord) -> bool:
+        """Write the job's history row before anything touches the board; False: the job has failed.
+
+        This is fwupd's rule: with the row in the file first, a crash mid-transfer is found and
+        reconciled at the next start. So it is the one write a job waits for. The store retries a file
+        it cannot write (locked by another process, a full disk); if the row is still not in the file
+        after ``history_timeout``, the job fails here, cleanly, with nothing sent to the board — rather
+        than wait unseen for a disk that may never free up, or transfer an image that no row records.
+        The row stays queued in the store and reaches the file, as failed, once the file can be written.
+        """
+        try:
+            async with asyncio.timeout(self.history_timeout):
+                await self._store.begin_job(record)
+        except TimeoutError:
+            reason = self._store.write_failure or "the status store is behind"
+            error = StoreError(
+                f"the update did not start: its history row could not be written within "
+                f"{self.history_timeout:g} s ({reason}); nothing was sent to board {job.can_id}"
+            )
+            _LOGGER.error(
+                "job %s: %s", job.job_id, error,
+                extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "failed"},
+            )  # fmt: skip
+            job.status.fail("failed", detail=str(error))
+            self._store.finish_job(job.job_id, success=False, error_code="failed", message=str(error))
+            job._ended(error)
+            return False
+        return True
+
     async def _attempts(self, job: JobContext, method: Method) -> Uc2otadError | None:
         """Run the method until it succeeds or fails for good; the error that ended it, if any."""
         attempt = 1
@@ -247,7 +287,7 @@ class JobManager:
             except Uc2otadError as err:
                 code = err.error_code or "failed"
                 retrying = code in TRANSIENT and attempt <= self.retries and not job.is_committed
-                await job.status.fail(
+                job.status.fail(
                     code,
                     detail=str(err),
                     wifi=code == "wifi_failed",
@@ -264,14 +304,14 @@ class JobManager:
                     job.status.retry()
                     attempt += 1
                     continue
-                await self._finish(job, attempt, error=err)
+                self._finish(job, attempt, error=err)
                 return err
-            await self._finish(job, attempt)
+            self._finish(job, attempt)
             return None
 
-    async def _finish(self, job: JobContext, attempt: int, *, error: Uc2otadError | None = None) -> None:
+    def _finish(self, job: JobContext, attempt: int, *, error: Uc2otadError | None = None) -> None:
         image = job.image
-        await self._store.finish_job(
+        self._store.finish_job(
             job.job_id,
             success=error is None,
             error_code=(error.error_code or "failed") if error is not None else "",

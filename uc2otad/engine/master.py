@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -58,8 +59,12 @@ class MasterConnection:
         link = self._make_link()
         self._link = link
         self._unsubscribe = link.on_connection(self._on_event)
-        self._opener = ReconnectLogic(f"master {link.name}", link.open)
-        # the first try without delay: a HAT that is there is used from the first second
+        # in the background a silent master may be recovered (a master left in binary mode by a daemon
+        # killed mid-stream waits out its rx_timeout, 30 s): READY=1 must not wait for that
+        opening = functools.partial(link.open, recover=True)
+        self._opener = ReconnectLogic(f"master {link.name}", opening, policy=link.settings.reconnect)
+        # the first try without delay and without recovery: a HAT that is there is used from the first
+        # second, and one that is not is left to the background
         try:
             await link.open()
         except LinkError as err:

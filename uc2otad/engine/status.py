@@ -18,7 +18,7 @@ command on, "wifi_connected" once the board joined WiFi, "wifi_failed" when it c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,7 +67,8 @@ ERROR_ROWS: Mapping[str, str] = {
 #: every progress report of the upload is a multiple of this (the document: "every 10%")
 PROGRESS_STEP = 10
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
+#: takes each new version of the dict: keeps it, signals it, and has it persisted; it never waits
+Publish = Callable[[dict[str, Any]], None]
 
 
 def timestamp() -> str:
@@ -80,7 +81,12 @@ class SequenceError(RuntimeError):
 
 
 class BoardStatus:
-    """The status dict of one board for one job; ``publish`` persists and signals each new version."""
+    """The status dict of one board for one job; ``publish`` keeps, signals and persists each version.
+
+    Every change is synchronous: a progress callback of a link or an uploader calls :meth:`progress`
+    directly, and the new dict is published before the call returns, so changes can neither overtake
+    each other nor wait for the disk.
+    """
 
     def __init__(self, can_id: int, method: str, publish: Publish, **fields: Any) -> None:
         """:param fields: added fields known from the start: job_id, batch_id, firmware, previous_version…"""
@@ -97,7 +103,7 @@ class BoardStatus:
     def phase(self) -> Phase | None:
         return self._done[-1] if self._done else None
 
-    async def advance(self, phase: Phase, **fields: Any) -> None:
+    def advance(self, phase: Phase, **fields: Any) -> None:
         """Move to ``phase`` (the next one of the sequence, never back); ``fields`` go into the dict.
 
         :raises SequenceError: ``phase`` is not ahead in the sequence, or success without evidence
@@ -113,20 +119,18 @@ class BoardStatus:
             top = "wifi_connected"
             fields.setdefault("success", True)
         message = self._message(phase, fields)
-        await self._emit(
-            status=top, upload_status=phase.value, upload_progress=progress, message=message, **fields
-        )
+        self._emit(status=top, upload_status=phase.value, upload_progress=progress, message=message, **fields)
 
-    async def progress(self, percent: float) -> None:
+    def progress(self, percent: float) -> None:
         """Upload progress: enters "uploading" at 0 and reports each 10 % step reached, up to 90."""
         if self.phase is not Phase.UPLOADING:
             self._step(Phase.UPLOADING)
-            await self._send_progress(0)
+            self._send_progress(0)
         step = min(int(percent) // PROGRESS_STEP * PROGRESS_STEP, 100 - PROGRESS_STEP)
         while self._progress_sent < step:
-            await self._send_progress(self._progress_sent + PROGRESS_STEP)
+            self._send_progress(self._progress_sent + PROGRESS_STEP)
 
-    async def succeed(self, *, verification: str, firmware_version: str | None = None) -> None:
+    def succeed(self, *, verification: str, firmware_version: str | None = None) -> None:
         """The board runs the new image; ``verification`` names the evidence (version, build, transfer).
 
         :raises SequenceError: not after "verifying", or no evidence named
@@ -137,7 +141,7 @@ class BoardStatus:
             raise SequenceError(f"success after {self.phase}: the board must be seen running the image first")
         self._step(Phase.SUCCESS)
         now = timestamp()
-        await self._emit(
+        self._emit(
             status="success",
             upload_status="success",
             upload_progress=100,
@@ -147,7 +151,7 @@ class BoardStatus:
             firmware_version=firmware_version,
         )
 
-    async def fail(self, error_code: str, *, detail: str = "", wifi: bool = False, **fields: Any) -> None:
+    def fail(self, error_code: str, *, detail: str = "", wifi: bool = False, **fields: Any) -> None:
         """End the attempt as failed: the document's error row in ``message``, details in ``upload_error``.
 
         :param wifi: the board could not join WiFi (status "wifi_failed", the document's Phase 3)
@@ -155,7 +159,7 @@ class BoardStatus:
         """
         self._done.append(Phase.FAILED)
         row = ERROR_ROWS.get(error_code, error_code)
-        await self._emit(
+        self._emit(
             status="wifi_failed" if wifi else "failed",
             upload_status="failed",
             error_code=error_code,
@@ -185,21 +189,21 @@ class BoardStatus:
             raise SequenceError(f"{phase} after {last}: the sequence only moves forward")
         self._done.append(phase)
 
-    async def _send_progress(self, percent: int) -> None:
+    def _send_progress(self, percent: int) -> None:
         self._progress_sent = percent
         message = PHASE_MESSAGES[Phase.UPLOADING].format(progress=percent)
-        await self._emit(upload_status=Phase.UPLOADING.value, upload_progress=percent, message=message)
+        self._emit(upload_status=Phase.UPLOADING.value, upload_progress=percent, message=message)
 
     def _message(self, phase: Phase, fields: Mapping[str, Any]) -> str:
         if phase is Phase.COMMAND_SENT and self.method == "can":
             return STREAM_COMMAND_MESSAGE
         return PHASE_MESSAGES[phase].format(ip=fields.get("ip", self.status.get("ip", "?")))
 
-    async def _emit(self, **changes: Any) -> None:
+    def _emit(self, **changes: Any) -> None:
         for key, value in changes.items():
             if value is None:
                 self.status.pop(key, None)
             else:
                 self.status[key] = value
         self.status["timestamp"] = timestamp()
-        await self._publish(dict(self.status))
+        self._publish(dict(self.status))

@@ -27,7 +27,7 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, TypeVar
@@ -255,9 +255,13 @@ class Link(abc.ABC, Generic[PortT]):
 
     # ---- open and close -------------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, recover: bool = False) -> None:
         """Open the port and run the handshake; no-op unless closed (a lost link reconnects by itself).
 
+        :param recover: when the peer does not answer, let the link try to bring it back before giving
+            up, which may take long (:class:`~uc2otad.links.serial_hat.SerialHatLink`: up to the master's
+            ``rx_timeout``). For callers that may wait, such as a background opener; the link's own
+            reconnects always do.
         :raises LinkOpenError: the port cannot be opened (HandshakeError: no master answers on it)
         :raises LinkLostError: the port went away while opening
         """
@@ -267,7 +271,7 @@ class Link(abc.ABC, Generic[PortT]):
             self._loop = asyncio.get_running_loop()
             self._set_state(LinkState.OPENING)
             try:
-                await self._connect()
+                await self._connect(recover=recover)
             except BaseException:
                 self._set_state(LinkState.CLOSED)
                 raise
@@ -300,14 +304,22 @@ class Link(abc.ABC, Generic[PortT]):
             session.stop.set()
             self._close(session.port)
 
-    async def _connect(self) -> None:
-        """Open the port, start its reader, run the handshake; on any failure leave nothing open."""
+    async def _connect(self, *, recover: bool) -> None:
+        """One way to connect: :meth:`_connect_once`. Subclasses that can try several (baud rates) or
+        bring a silent peer back (``recover``, see :meth:`open`) override this."""
+        await self._connect_once()
+
+    async def _connect_once(self, prepare: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Open the port, start its reader, run ``prepare`` and the handshake; on any failure leave nothing
+        open. ``prepare`` runs with the port open and read, before the link counts as open."""
         port = await self._open_port()
         session = _Session(port)
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(self._end_session, session)
             self._start_reader(session)
             self._session = session
+            if prepare is not None:
+                await prepare()
             await self._handshake()
             if self._session is not session:  # lost while the handshake's last reply was on its way
                 raise LinkLostError(f"{self.name}: port lost while opening", port=self.name)
@@ -334,7 +346,7 @@ class Link(abc.ABC, Generic[PortT]):
         async with self._lifecycle:
             if self._state is not LinkState.RECONNECTING:
                 return
-            await self._connect()
+            await self._connect(recover=True)
             self._set_state(LinkState.OPEN)
         self._notify(ConnectionEvent.CONNECTED)
 

@@ -20,20 +20,13 @@ master's own last word.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uc2otad.errors import (
-    LinkError,
-    LinkTimeoutError,
-    MasterError,
-    MasterRebootedError,
-    MasterUnsupportedError,
-)
+from uc2otad.errors import LinkError, LinkTimeoutError, MasterError, MasterUnsupportedError
 from uc2otad.links.commands import MAX_NODE_ID, ota_start_reply
 from uc2otad.links.replies import EventStream, JsonObject
 
@@ -252,37 +245,14 @@ class _Stream:
         )
 
     async def _restore(self) -> None:
-        """The host stopped mid-stream: get the master out of binary mode before the link is let go.
+        """The host stopped mid-stream: get the master out of binary mode before the link is let go
+        (:meth:`SerialHatLink.end_binary_mode <uc2otad.links.serial_hat.SerialHatLink.end_binary_mode>`).
 
         Never raises but CancelledError (a second cancel): it runs while the first error propagates.
         """
         try:
-            if await self._link.pulse_reset():
-                _LOGGER.warning("%s: stream interrupted; master reset through DTR/RTS", self._name)
-                await self._await_master_back()
-            else:
-                await self._await_last_word()
+            await self._link.end_binary_mode(self._events, "stream interrupted")
         except TimeoutError:
             _LOGGER.error("%s: the master did not come back; it may swallow the next command", self._name)
         except LinkError as err:  # the port went away or the master rebooted: binary mode is over anyway
             _LOGGER.debug("%s: restore ended: %s", self._name, err)
-
-    async def _await_last_word(self) -> None:
-        """Without modem lines: the master ends the stream itself, with ``rx_timeout`` at the latest."""
-        wait = self._settings.master_rx_timeout + self._settings.recovery_margin
-        _LOGGER.warning(
-            "%s: stream interrupted; the port cannot reset the master, waiting up to %ss for its rx_timeout",
-            self._name,
-            wait,
-        )
-        async with asyncio.timeout(wait):
-            while (await self._events.get()).get("ota_status") not in ("error", "success"):
-                pass  # ota_rx and "flashing" lines: the master is still busy with the stream
-
-    async def _await_master_back(self) -> None:
-        """After a reset: the master answers ``/state_get`` once it has booted."""
-        async with asyncio.timeout(self._settings.reset_boot_timeout):
-            while True:
-                with contextlib.suppress(LinkTimeoutError, MasterRebootedError):
-                    await self._link.get_identity()
-                    return

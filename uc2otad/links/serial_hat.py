@@ -7,12 +7,15 @@ rates the HATs use is tried when the first gets no answer (``uc2-stack.md`` §2.
 
 Main constraint: the HAT's USB port comes and goes (unplug, reboot into the ROM loader for flashing).
 A lost port reconnects with backoff, to the same path or, for a plain device path, to the adapter found
-again by its USB identity (:mod:`uc2otad.links.ports`).
+again by its USB identity (:mod:`uc2otad.links.ports`). A master that answers nothing may still be in
+binary mode from a stream its host abandoned; opening with ``recover`` gets it out first
+(:meth:`SerialHatLink._connect`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +33,7 @@ from uc2otad.errors import (
     LinkOpenError,
     LinkProtocolError,
     LinkTimeoutError,
+    MasterRebootedError,
     PortInUseError,
 )
 from uc2otad.links import commands, ota_stream, ota_wifi
@@ -38,7 +42,7 @@ from uc2otad.links.commands import BusHealth, MasterIdentity, ScanResult
 from uc2otad.links.ota_stream import Progress, StreamResult, StreamSettings
 from uc2otad.links.ota_wifi import WifiOtaResult, WifiOtaSettings
 from uc2otad.links.ports import PortIdentity, find_port, identify_port
-from uc2otad.links.replies import JsonObject
+from uc2otad.links.replies import EventStream, JsonObject
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -104,6 +108,9 @@ class SerialHatLink(Link[Any]):
         self._list_ports = list_ports
         #: scans take turns: a legacy master forgets a scan asked for while one runs
         self._scan_turn = asyncio.Lock()
+        #: the master may be in binary mode and the recovery has not been tried (:meth:`_connect`): at
+        #: first, since another process may have left it streaming; again when a stream lost the port
+        self._recovery_armed = True
 
     # ---- the HAT's commands ---------------------------------------------------------------------------
 
@@ -194,9 +201,13 @@ class SerialHatLink(Link[Any]):
         :raises LinkError: the port went away, the master rebooted
         """
         settings = self.hat_settings.stream
-        return await ota_stream.stream_image(
-            self, node_id, image, settings=settings, progress=progress, on_flashing=on_flashing
-        )
+        try:
+            return await ota_stream.stream_image(
+                self, node_id, image, settings=settings, progress=progress, on_flashing=on_flashing
+            )
+        except LinkIOError:  # the port went away (LinkLostError) or failed a write: the link reconnects
+            self._recovery_armed = True  # and the master may still be swallowing bytes (see _connect)
+            raise
 
     async def start_wifi_ota(
         self,
@@ -236,6 +247,72 @@ class SerialHatLink(Link[Any]):
         :raises LinkBusyError: another task holds the link
         """
         self._check_usable()
+        return await self._reset_through_modem_lines()
+
+    async def end_binary_mode(self, events: EventStream, why: str) -> bool:
+        """Get a master that may still be in binary mode back to reading JSON (:meth:`_end_binary_mode`).
+
+        For a stream the host abandoned, from inside its hold on the link (:mod:`.ota_stream`).
+
+        :raises LinkClosedError: the link is not open
+        :raises LinkBusyError: another task holds the link
+        """
+        self._check_usable()
+        return await self._end_binary_mode(events, why)
+
+    # ---- a master left in binary mode -----------------------------------------------------------------
+
+    async def _end_binary_mode(self, events: EventStream, why: str) -> bool:
+        """Bring a master that may be in binary mode back to reading JSON, writing nothing it would swallow.
+
+        After "ready" the firmware's serial loop hands every byte to ``OtaBinaryReceive::processBytes``
+        (``SerialProcess.cpp:401-403`` @063e5a6), which restarts its silence clock with each byte it
+        reads (``OtaBinaryReceive.cpp:207``) and ends the stream only after ``RX_TIMEOUT_MS``, 30 s,
+        without one (``:32, 236``), writing ``{"ota_status":"error","error":"rx_timeout"}``. So a host
+        that stopped mid-stream (cancelled, timed out, killed) leaves a master that takes whatever comes
+        next, a ``/state_get`` included, for firmware and starts counting again. The two ways out, as
+        ``uc2-stack.md`` §2.2 step 6:
+
+        - the port has modem lines (a USB-UART HAT): reset the board through them, as UC2-REST's
+          ``tryToConnect`` does, and ask ``/state_get`` until the booted master answers
+          (``stream.reset_boot_timeout``);
+        - it has none (a pty, ``socket://``): write nothing until the master's last word on ``events``
+          (which must carry ``ota_status``), its ``rx_timeout`` at the latest
+          (``stream.master_rx_timeout`` + ``stream.recovery_margin``).
+
+        :param why: how the caller came to suspect binary mode, for the log
+        :returns: True when the master was reset, False when it was waited out
+        :raises TimeoutError: the reset master did not answer, or no last word came in time
+        :raises LinkError: the port went away (or the master rebooted) meanwhile
+        """
+        settings = self.hat_settings.stream
+        if await self._reset_through_modem_lines():
+            _LOGGER.warning("%s: %s; master reset through DTR/RTS to end its binary mode", self.name, why)
+            async with asyncio.timeout(settings.reset_boot_timeout):
+                while True:
+                    with contextlib.suppress(LinkTimeoutError, MasterRebootedError):
+                        await self._exchange(
+                            commands.state_command(),
+                            reply=None,
+                            timeout=self.hat_settings.handshake_timeout,
+                            send_qid=True,
+                        )
+                        return True
+        wait = settings.master_rx_timeout + settings.recovery_margin
+        _LOGGER.warning(
+            "%s: %s; the port cannot reset the master: staying silent up to %ss until its rx_timeout ends "
+            "binary mode",
+            self.name,
+            why,
+            wait,
+        )
+        async with asyncio.timeout(wait):
+            while (await events.get()).get("ota_status") not in ("error", "success"):
+                pass  # ota_rx and "flashing" lines: the master is still busy with the stream
+        return False
+
+    async def _reset_through_modem_lines(self) -> bool:
+        """:meth:`pulse_reset` without the checks: False when the port has no modem lines."""
         port = self._open_port_now()
         if "://" in self.url and not self.url.startswith("rfc2217://"):
             return False  # pyserial's socket:// and loop:// accept DTR/RTS and silently do nothing
@@ -246,14 +323,50 @@ class SerialHatLink(Link[Any]):
             return False
         return True
 
+    async def _recover_silent_master(self) -> None:
+        """Before the handshake of the recovery round: the port is open and read, nothing written yet."""
+        async with self.listen("ota_status") as events:
+            try:
+                await self._end_binary_mode(events, "no master answers /state_get")
+            except TimeoutError:
+                _LOGGER.warning("%s: the master did not come back within the recovery's wait", self.name)
+            except MasterRebootedError:
+                pass  # binary mode ends with the master's RAM
+
     # ---- opening: the handshake and baud probing ------------------------------------------------------
 
-    async def _connect(self) -> None:
+    async def _connect(self, *, recover: bool) -> None:
+        """Try each baud rate until the master answers; when none does, ``recover`` once.
+
+        A master that answers at no rate may be in binary mode, left there by a host that stopped
+        mid-stream: a daemon killed while uploading and restarted by systemd within the master's 30 s, or
+        this link's stream when the port went away under it. Handshakes, one every few seconds, would
+        keep it there for good. So when no master answers and it may be so, the link gets it out
+        (:meth:`_end_binary_mode`: a reset where the port can, else silence past its ``rx_timeout``) and
+        asks again, at the first rate. Once: a master that is merely absent or hung is then tried at the
+        usual pace, and one that answered is known to read JSON (a USB flash's reopening waits for
+        nothing). A new link, and a stream that loses the port, arm it again.
+        """
+        try:
+            await self._connect_at_any_baud()
+        except HandshakeError:
+            if not (recover and self._recovery_armed):
+                raise
+            self._recovery_armed = False
+            self.baud = self._bauds[0]
+            started = time.monotonic()
+            await self._connect_once(self._recover_silent_master)
+            _LOGGER.info(
+                "%s: master back %0.1fs after the recovery began", self.name, time.monotonic() - started
+            )
+        self._recovery_armed = False
+
+    async def _connect_at_any_baud(self) -> None:
         """One open attempt per baud rate to try, until the master answers at one."""
         for baud in self._bauds:
             self.baud = baud
             try:
-                await super()._connect()
+                await self._connect_once()
             except HandshakeError:
                 if baud == self._bauds[-1]:
                     raise

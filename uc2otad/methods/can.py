@@ -5,8 +5,8 @@ It drives the board's status through the contract's streaming sequence: command_
 → downloading → uploading 0…90 (from the master's ``ota_rx``) → flashing → verifying → success. The
 image is obtained and checked before ``/ota_start``, which needs its size and CRC.
 
-The link calls its progress callbacks synchronously; the status updates they cause are awaited in
-order (:mod:`.ordered`).
+The link calls its progress callbacks synchronously, and a status update is synchronous too: each
+callback reports its step directly, in the order the master sent them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo
 from uc2otad.links.serial_hat import SerialHatLink
 from uc2otad.methods.base import Job, Phase
-from uc2otad.methods.ordered import ordered_updates
 from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
 LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
@@ -52,18 +51,17 @@ class CanStreamMethod:
         image = await self._obtain()
         job.obtained(image)
         data = await asyncio.to_thread(image.path.read_bytes)
-        async with self._use_link(f"streaming to node {job.can_id}") as link, ordered_updates() as updates:
-            await job.status.advance(Phase.COMMAND_SENT, firmware=image.name)
-            await job.status.advance(Phase.DOWNLOADING)
+        async with self._use_link(f"streaming to node {job.can_id}") as link:
+            job.status.advance(Phase.COMMAND_SENT, firmware=image.name)
+            job.status.advance(Phase.DOWNLOADING)
             await link.stream_ota(
                 job.can_id,
                 data,
-                progress=lambda acknowledged, total: updates(job.status.progress(100 * acknowledged / total)),
-                on_flashing=lambda: updates(job.status.advance(Phase.FLASHING)),
+                progress=lambda acknowledged, total: job.status.progress(100 * acknowledged / total),
+                on_flashing=lambda: job.status.advance(Phase.FLASHING),
             )
             job.committed()  # the master said "success": the slave checked the CRC and set its boot partition
-            await updates.drain()
-            await job.status.advance(Phase.VERIFYING)
+            job.status.advance(Phase.VERIFYING)
             expected = expected_of(image, self._before)
             evidence = await await_new_image(link.scan, job.can_id, expected, self._verify)
-        await job.status.succeed(verification=evidence, firmware_version=image.version)
+        job.status.succeed(verification=evidence, firmware_version=image.version)

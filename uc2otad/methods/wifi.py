@@ -27,7 +27,6 @@ from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.links.serial_hat import SerialHatLink
 from uc2otad.methods.arduino_ota import ARDUINO_OTA_PORT, ArduinoOtaUploader, UploadSettings
 from uc2otad.methods.base import Job, Phase
-from uc2otad.methods.ordered import ordered_updates
 from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
 LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
@@ -83,7 +82,7 @@ class WifiMethod:
         downloading = asyncio.ensure_future(self._obtain())  # overlaps the WiFi join
         try:
             async with self._use_link(f"WiFi OTA of node {job.can_id}") as link:
-                await job.status.advance(Phase.COMMAND_SENT)
+                job.status.advance(Phase.COMMAND_SENT)
                 joined = await link.start_wifi_ota(
                     job.can_id,
                     self._credentials.ssid,
@@ -91,26 +90,23 @@ class WifiMethod:
                     timeout_ms=self._settings.window_ms,
                     on_accepted=job.accepted,
                 )
-            await job.status.advance(
+            job.status.advance(
                 Phase.WIFI_CONNECTED, ip=joined.ip, hostname=joined.hostname, statusMsg=joined.status_msg
             )
-            await job.status.advance(Phase.DOWNLOADING)
+            job.status.advance(Phase.DOWNLOADING)
             image = await downloading
             job.obtained(image)
         finally:
             await _settle(downloading)
         data = await asyncio.to_thread(image.path.read_bytes)
         uploader = ArduinoOtaUploader(joined.ip, port=self._settings.ota_port, settings=self._settings.upload)
-        async with self._upload_slot, ordered_updates() as updates:
-            await uploader.upload(
-                data, filename=image.name, progress=lambda percent: updates(job.status.progress(percent))
-            )
+        async with self._upload_slot:
+            await uploader.upload(data, filename=image.name, progress=job.status.progress)
             job.committed()  # the board said "OK": MD5 checked, boot partition set, it reboots now
-            await updates.drain()
-        await job.status.advance(Phase.VERIFYING)
+        job.status.advance(Phase.VERIFYING)
         expected = expected_of(image, self._before)
         evidence = await await_new_image(self._scan, job.can_id, expected, self._settings.verify)
-        await job.status.succeed(verification=evidence, firmware_version=image.version)
+        job.status.succeed(verification=evidence, firmware_version=image.version)
 
     async def _scan(self) -> ScanResult:
         async with self._use_link("verifying an update") as link:
