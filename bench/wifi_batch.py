@@ -87,7 +87,7 @@ async def _timed_batch(address: str, boards: list[int], parallel: int) -> dict[s
     def on_message(message: Message) -> None:
         if message.member == "OTAStatusChanged":
             status = message.body[1]
-            if status["upload_status"].value in ("success", "failed"):
+            if "upload_status" in status and status["upload_status"].value in ("success", "failed"):
                 finals[message.body[0]] = status["upload_status"].value
         elif message.member == "PropertiesChanged" and message.body[1].get("Busy") == Variant("b", False):
             idle.set()

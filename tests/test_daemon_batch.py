@@ -64,14 +64,16 @@ class Observed:
         return {
             can_id: status
             for can_id, status in self.statuses
-            if status["upload_status"] in ("success", "failed")
+            if status.get("upload_status") in ("success", "failed")
         }
 
     def most_at_once(self) -> int:
-        """The most boards between their first step and their end at any moment."""
+        """The most boards between their first step and their end at any moment (a queued board waits)."""
         running: set[int] = set()
         most = 0
         for can_id, status in self.statuses:
+            if status.get("queued"):
+                continue  # waiting for its turn (no upload_status yet)
             if status["upload_status"] in ("success", "failed"):
                 running.discard(can_id)
             else:

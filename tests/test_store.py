@@ -138,12 +138,3 @@ async def test_a_database_from_a_newer_uc2otad_is_refused(tmp_path: Path) -> Non
     with pytest.raises(StoreError, match="newer"):
         await store.open()
     await store.close()
-
-
-async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
-    database = tmp_path / "uc2otad.sqlite3"
-    await asyncio.to_thread(database.write_bytes, b"this is not sqlite" * 100)
-    store = StatusStore(database)
-    with pytest.raises(StoreError, match="DatabaseError"):
-        await store.open()
-    await store.close()

@@ -19,7 +19,8 @@ Uc2otadError
 │   └── VerificationError                  it answers, running another image            verification_failed
 ├── StoreError                          the status database cannot be used
 ├── CacheError                          the firmware cache folder cannot be used
-│   └── CacheBusyError                     an update is reading the cache
+│   ├── CacheBusyError                     an update is reading the cache
+│   └── CacheFullError                     no room left on the cache's disk              disk_full
 ├── LinkError                           the master CAN HAT cannot carry a command     link_lost
 │   ├── LinkOpenError                      the port cannot be opened
 │   │   ├── HandshakeError                 the port opened, no UC2 master answered /state_get
@@ -143,6 +144,13 @@ class CacheError(Uc2otadError):
 
 class CacheBusyError(CacheError):
     """The cache cannot be cleared while an update reads from it."""
+
+
+class CacheFullError(CacheError):
+    """The disk of the cache folder is full (ENOSPC, or EDQUOT for a quota): nothing was kept. Not
+    retried: space comes back only when someone frees it. The message names the folder."""
+
+    error_code = "disk_full"
 
 
 class FirmwareError(Uc2otadError):

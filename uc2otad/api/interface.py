@@ -15,6 +15,15 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from uc2otad.api import names
+from uc2otad.api.arguments import (
+    MAX_PASSWORD_BYTES,
+    MAX_REASON_LENGTH,
+    check_length,
+    check_options,
+    check_server_url,
+    check_ssid,
+    quoted,
+)
 from uc2otad.api.errors import translated
 from uc2otad.api.signatures import dbus_types
 from uc2otad.api.variants import read_options, to_variant_dict
@@ -27,8 +36,6 @@ _LOGGER = logging.getLogger(__name__)
 #: the unique bus name of the caller of the method being dispatched (set by the service's message
 #: handler just before dispatch; dbus-fast does not hand the message to the method)
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("uc2otad_caller", default="")
-#: an inhibit reason is shown to people; keep it to a line
-MAX_REASON_LENGTH = 256
 
 VariantDict = dict[str, Variant]
 #: StartOTA's options and their D-Bus types (CONTRACT.md §1)
@@ -99,7 +106,7 @@ class OTA1Interface(ServiceInterface):
     @dbus_types("s")
     @translated
     async def set_firmware_server(self, url: str) -> None:
-        await self._engine.set_firmware_server(url)
+        await self._engine.set_firmware_server(check_server_url(url))
 
     @method(name="ClearFirmwareCache")
     @dbus_types()
@@ -152,7 +159,8 @@ class OTA1Interface(ServiceInterface):
     @dbus_types("s", "s")
     @translated
     async def set_wifi_credentials(self, ssid: str, password: str) -> None:
-        await self._engine.set_wifi_credentials(ssid, password)
+        check_length("password", password, MAX_PASSWORD_BYTES, in_bytes=True)
+        await self._engine.set_wifi_credentials(check_ssid(ssid), password)
 
     # ---- inhibit ------------------------------------------------------------------------------------
 
@@ -183,7 +191,8 @@ class OTA1Interface(ServiceInterface):
     @dbus_types("a{sv}", returns="a{sv}")
     @translated
     async def flash_master(self, options: VariantDict) -> VariantDict:
-        return to_variant_dict(self._engine.flash_master(read_options(options, FLASH_OPTIONS)))
+        values = check_options(read_options(options, FLASH_OPTIONS))
+        return to_variant_dict(self._engine.flash_master(values))
 
     @method(name="GetUSBFlashStatus")
     @dbus_types(returns="a{sv}")
@@ -249,9 +258,11 @@ class OTA1Interface(ServiceInterface):
 
 def _update_options(options: VariantDict, allowed: dict[str, str]) -> dict[str, Any]:
     """StartOTA's and StartMultipleOTA's options, typed and within the contract's ranges."""
-    values = read_options(options, allowed)
+    values = dict(check_options(read_options(options, allowed)))
+    if "ssid" in values:
+        check_ssid(values["ssid"])
     if values.get("method", "auto") not in ("auto", "wifi", "can"):
-        raise InvalidArgumentError(f"method must be auto, wifi or can, not {values['method']!r}")
+        raise InvalidArgumentError(f"method must be auto, wifi or can, not {quoted(values['method'])}")
     if "timeout" in values and not MIN_TIMEOUT_MS <= values["timeout"] <= MAX_TIMEOUT_MS:
         raise InvalidArgumentError(f"timeout must be {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS} ms")
     return values

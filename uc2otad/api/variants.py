@@ -15,6 +15,8 @@ from dbus_fast import Variant
 from uc2otad.errors import InvalidArgumentError
 
 UINT32_MAX = 2**32 - 1
+#: characters of an unknown option's name quoted in the error (a key may be megabytes long)
+QUOTE_LENGTH = 60
 
 
 def to_variant(value: Any) -> Variant:
@@ -51,7 +53,8 @@ def read_options(options: Mapping[str, Variant], allowed: Mapping[str, str]) -> 
     values: dict[str, Any] = {}
     for key, variant in options.items():
         if key not in allowed:
-            raise InvalidArgumentError(f"unknown option {key!r}; known: {', '.join(sorted(allowed))}")
+            shown = repr(key[:QUOTE_LENGTH]) + ("…" if len(key) > QUOTE_LENGTH else "")
+            raise InvalidArgumentError(f"unknown option {shown}; known: {', '.join(sorted(allowed))}")
         if variant.signature != allowed[key]:
             raise InvalidArgumentError(
                 f"option {key!r} must be of type {allowed[key]!r}, not {variant.signature!r}"

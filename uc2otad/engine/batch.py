@@ -2,7 +2,8 @@
 
 The procedure document advises one board at a time with ``delay_between`` seconds between them; a batch
 may allow ``parallel`` boards at once (WiFi uploads only: a stream holds the master link, so streaming
-boards always go one by one). Commands on the CAN link are serialised by the link itself.
+boards always go one by one). A board whose turn comes while an inhibit is held waits until it ends.
+Commands on the CAN link are serialised by the link itself.
 
 The ``Progress`` property is the document's "batch progress tracking": the mean upload progress of the
 jobs started since the daemon was last idle, a finished job (success or not) counting 100.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 #: seconds between two boards of a batch (the document's startMultipleDeviceOTA default)
@@ -21,14 +22,32 @@ DELAY_BETWEEN = 2
 PARALLEL = 1
 
 
-class BatchGate:
-    """Admits a batch's jobs in order: ``parallel`` at once at most, ``delay_between`` s apart at least."""
+async def _never_held() -> None:
+    return None
 
-    def __init__(self, parallel: int = PARALLEL, delay_between: float = DELAY_BETWEEN) -> None:
+
+class BatchGate:
+    """Admits a batch's jobs in order: ``parallel`` at once at most, ``delay_between`` s apart at least,
+    and none while an inhibit is held (the contract's "no job starts"; issue 15, D7)."""
+
+    def __init__(
+        self,
+        parallel: int = PARALLEL,
+        delay_between: float = DELAY_BETWEEN,
+        *,
+        inhibited: Callable[[], bool] = lambda: False,
+        until_uninhibited: Callable[[], Awaitable[None]] = _never_held,
+    ) -> None:
+        """
+        :param inhibited: an inhibit is held now
+        :param until_uninhibited: returns once no inhibit is held (at once if none is)
+        """
         self._slots = asyncio.Semaphore(parallel)
         self._pace = asyncio.Lock()
         self._delay_between = delay_between
         self._next_start: float | None = None
+        self._inhibited = inhibited
+        self._until_uninhibited = until_uninhibited
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
@@ -36,8 +55,14 @@ class BatchGate:
         async with self._slots:
             async with self._pace:
                 loop = asyncio.get_running_loop()
-                if self._next_start is not None and self._next_start > loop.time():
-                    await asyncio.sleep(self._next_start - loop.time())  # the document's pause, not a sync
+                while True:
+                    if self._next_start is not None and self._next_start > loop.time():
+                        await asyncio.sleep(
+                            self._next_start - loop.time()
+                        )  # the document's pause, not a sync
+                    if not self._inhibited():
+                        break  # no await from here to the job's start: an inhibit cannot slip in between
+                    await self._until_uninhibited()
                 self._next_start = loop.time() + self._delay_between
             yield
 

@@ -351,7 +351,12 @@ class Engine:
             raise InvalidArgumentError("a CAN id is given twice")
         plan = await self._plan(can_ids, options)
         batch_id = token.token_hex(8)
-        gate = BatchGate(parallel if plan.method == "wifi" else 1, delay_between)
+        gate = BatchGate(
+            parallel if plan.method == "wifi" else 1,
+            delay_between,
+            inhibited=lambda: bool(self._inhibitors),
+            until_uninhibited=self._until_uninhibited,
+        )
         job_ids = {
             str(can_id): self._start_job(plan, can_id, gate=gate, batch_id=batch_id).job_id
             for can_id in plan.due
@@ -361,6 +366,22 @@ class Engine:
             f"; {current} already up to date" if current else ""
         )
         return {"status": "success", "message": message, "batch_id": batch_id, "job_ids": job_ids}
+
+    async def _until_uninhibited(self) -> None:
+        """Until no inhibit is held (a queued batch board waits so: "no job starts"; issue 15, D7)."""
+        if not self._inhibitors:
+            return
+        released = asyncio.get_running_loop().create_future()
+
+        def watch(event: Event) -> None:
+            if event == PropertyChanged("Inhibited", False) and not released.done():
+                released.set_result(None)
+
+        unsubscribe = self.subscribe(watch)
+        try:
+            await released
+        finally:
+            unsubscribe()
 
     async def _plan(self, can_ids: list[int], options: Mapping[str, Any]) -> _Plan:
         """What updating ``can_ids`` takes, checked before any board is touched."""

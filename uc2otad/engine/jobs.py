@@ -10,8 +10,9 @@ The rules every method shares live here, so that no method can forget one:
   ``retries`` times, ``retry_delay`` apart; the status dict restarts its sequence with ``attempt`` + 1;
 - cancel stops the job at its next await; a method that has passed the point of no return (the board
   committed the image) says so with :meth:`JobContext.committed`, after which Cancel is refused;
-- a job may wait for its turn (``gate``: a batch's ``parallel`` and ``delay_between``) with its history
-  row already written, so that a crash while it waits is recorded too.
+- a job may wait for its turn (``gate``: a batch's ``parallel``, ``delay_between`` and any inhibit) with
+  its history row already written and its status published as ``queued``, so that a crash while it
+  waits is recorded, and shown, too.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class JobManager:
         status = BoardStatus(can_id, method.name, publish, job_id=job_id, **fields)
         context = JobContext(job_id, can_id, status, options)
         task = asyncio.get_running_loop().create_task(
-            self._run(context, method, gate or nullcontext()), name=f"job {job_id}"
+            self._run(context, method, gate or nullcontext(), queued=gate is not None), name=f"job {job_id}"
         )
         self._running[can_id] = _Running(context, task)
         self._changed()
@@ -217,7 +218,9 @@ class JobManager:
 
     # ---- one job -------------------------------------------------------------------------------------
 
-    async def _run(self, job: JobContext, method: Method, gate: AbstractAsyncContextManager[object]) -> None:
+    async def _run(
+        self, job: JobContext, method: Method, gate: AbstractAsyncContextManager[object], *, queued: bool
+    ) -> None:
         known = job.status.status
         record = JobRecord(
             job_id=job.job_id,
@@ -228,6 +231,8 @@ class JobManager:
             previous_version=known.get("previous_version"),
         )
         try:
+            if queued:
+                job.status.queue()  # seen at once, and reconciled as interrupted after a crash (issue 15, D6)
             if not await self._recorded(job, record):
                 return
             async with gate:

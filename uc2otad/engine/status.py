@@ -11,7 +11,9 @@ Sequences::
     wifi: command_sent 0 → wifi_connected 0 → downloading 0 → uploading 0,10,…,90 → verifying 100 → success
     can:  command_sent 0 → downloading 0 → uploading 0,10,…,90 → flashing 100 → verifying 100 → success
 
-``failed`` may follow any step. The top-level ``status`` is the document's: "initiated" from the
+``failed`` may follow any step. A batch board that waits for its turn shows ``queued`` (True), status
+"initiated" and no ``upload_status`` until its first step (:meth:`BoardStatus.queue`).
+The top-level ``status`` is the document's: "initiated" from the
 command on, "wifi_connected" once the board joined WiFi, "wifi_failed" when it could not, then
 "success" or "failed".
 """
@@ -44,8 +46,11 @@ PHASE_MESSAGES: Mapping[Phase, str] = {
     Phase.VERIFYING: "Waiting for the board to restart with the new firmware...",
     Phase.SUCCESS: "✅ Firmware uploaded successfully",
 }
-#: for the streaming method the first step waits for the master, not for WiFi
-STREAM_COMMAND_MESSAGE = "OTA stream started, waiting for the master..."
+#: for the streaming method the first step is the daemon's own start: it downloads the image before the
+#: master gets ``/ota_start``
+STREAM_COMMAND_MESSAGE = "OTA stream started, getting the firmware..."
+#: a batch board that waits for its turn (``queued``: True, no ``upload_status`` yet)
+QUEUED_MESSAGE = "Waiting for its turn in the batch..."
 
 #: the document's error table ("Common Failure Points"), by our error_code: what happened and what to do
 ERROR_ROWS: Mapping[str, str] = {
@@ -54,6 +59,7 @@ ERROR_ROWS: Mapping[str, str] = {
     "firmware_not_found": "Firmware not found: missing firmware on server. Upload firmware to server",
     "download_timeout": "Download timeout: server unreachable. Check server URL and network",
     "download_corrupt": "Verification failed: corrupted download. Clear cache, retry",
+    "disk_full": "Disk full: no room for the firmware cache on its disk. Free space or clear the cache",
     "upload_connection_failed": "Upload failed: device busy or low memory. Restart device, retry",
     "upload_timeout": "Upload timeout: network instability. Retry update",
     "verification_failed": "Verification failed: the board rejected the image. Clear cache, retry",
@@ -120,6 +126,16 @@ class BoardStatus:
             fields.setdefault("success", True)
         message = self._message(phase, fields)
         self._emit(status=top, upload_status=phase.value, upload_progress=progress, message=message, **fields)
+
+    def queue(self) -> None:
+        """The job waits for its turn (a batch's ``parallel``, ``delay_between``, an inhibit): status
+        "initiated" with ``queued`` True and no ``upload_status``, since no step of the sequence has begun.
+        The first step removes ``queued``."""
+        if self._done:
+            raise SequenceError(
+                f"queued after {self.phase}: only a job that has not begun waits for its turn"
+            )
+        self._emit(status="initiated", upload_progress=0, message=QUEUED_MESSAGE, queued=True)
 
     def progress(self, percent: float) -> None:
         """Upload progress: enters "uploading" at 0 and reports each 10 % step reached, up to 90."""
@@ -200,6 +216,7 @@ class BoardStatus:
         return PHASE_MESSAGES[phase].format(ip=fields.get("ip", self.status.get("ip", "?")))
 
     def _emit(self, **changes: Any) -> None:
+        changes.setdefault("queued", None)  # any step ends the wait for a turn
         for key, value in changes.items():
             if value is None:
                 self.status.pop(key, None)

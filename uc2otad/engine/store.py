@@ -386,15 +386,55 @@ class StatusStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _open(self) -> tuple[list[JobRecord], dict[int, dict[str, Any]]]:
+        """Open the file; a damaged one is moved aside and a fresh one started (issue 15, D8).
+
+        Damaged means: SQLite says it is not a database or is malformed (``SQLITE_NOTADB``,
+        ``SQLITE_CORRUPT``), ``PRAGMA integrity_check`` is not ``ok``, or the file is 0 bytes long. The
+        last because SQLite would take an empty file for a new database and the history would be gone
+        without a word, while this daemon never leaves one behind: the first pragma after creating the
+        file writes its header, before anything else happens. So a 0-byte file found at start was
+        truncated (a crash of a file system without data journalling, an admin's ``: >``) and is
+        reported like any damage. The file goes to ``<name>.damaged-<UTC time>`` (its ``-wal`` beside
+        it), where an admin can still read what is left; the journal says so once, at ERROR. Anything
+        else (a lock, permissions, a newer schema) is a :class:`StoreError` as before: the file is
+        healthy, or not ours to decide about.
+        """
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            empty = self.path.stat().st_size == 0
+        except FileNotFoundError:
+            empty = False
+        damage = "it is empty (0 bytes)" if empty else None
+        if damage is None:
+            try:
+                return self._open_file()
+            except _DamagedError as err:
+                damage = str(err)
+        aside = self._set_aside()
+        _LOGGER.error(
+            "%s: the state database is damaged (%s); moved aside to %s and started with an empty one: "
+            "the status and history from before are only in that file",
+            self, damage, aside.name,
+        )  # fmt: skip
+        return self._open_file()
+
+    def _open_file(self) -> tuple[list[JobRecord], dict[int, dict[str, Any]]]:
         connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         connection.row_factory = sqlite3.Row
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            _migrate(connection, self)
-            interrupted = _reconcile(connection)
-            rows = connection.execute("SELECT can_id, status FROM board_status").fetchall()
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                check = [row[0] for row in connection.execute("PRAGMA integrity_check").fetchall()]
+                if check != ["ok"]:
+                    raise _DamagedError(f"integrity check: {'; '.join(check[:3])}")
+                _migrate(connection, self)
+                interrupted = _reconcile(connection)
+                rows = connection.execute("SELECT can_id, status FROM board_status").fetchall()
+            except sqlite3.DatabaseError as err:
+                if _is_damage(err):
+                    raise _DamagedError(f"{type(err).__name__}: {err}") from err
+                raise
         except BaseException:
             connection.close()
             raise
@@ -407,7 +447,35 @@ class StatusStore:
                 job.can_id,
                 extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "interrupted"},
             )
-        return interrupted, {can_id: dict(json.loads(status)) for can_id, status in rows}
+        statuses: dict[int, dict[str, Any]] = {}
+        for can_id, text in rows:
+            status = _status_of(text)
+            if status is None:
+                _LOGGER.warning(
+                    "%s: the stored status of board %s is not a JSON object; skipped (the next scan or "
+                    "update of the board writes a new one)", self, can_id,
+                )  # fmt: skip
+                continue
+            statuses[can_id] = status
+        return interrupted, statuses
+
+    def _set_aside(self) -> Path:
+        """Rename the damaged file (and its WAL) to ``<name>.damaged-<UTC time>``; drop its shm index."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}.{number}")
+        try:
+            self.path.rename(aside)
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists():
+                wal.rename(aside.with_name(aside.name + "-wal"))
+            self.path.with_name(self.path.name + "-shm").unlink(missing_ok=True)
+        except OSError as err:
+            raise StoreError(f"{self}: damaged, and it cannot be moved aside: {err}") from err
+        return aside
 
     def _close(self, connection: sqlite3.Connection) -> None:
         connection.close()
@@ -442,6 +510,31 @@ def _write_rows(
         connection.executemany(_PUT_JOB, [job.__dict__ for job in jobs])
 
 
+class _DamagedError(Exception):
+    """The file is not a healthy database (internal to :meth:`StatusStore._open`)."""
+
+
+#: SQLite's primary result codes for a damaged file
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def _is_damage(err: sqlite3.DatabaseError) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return not isinstance(err, sqlite3.OperationalError)
+
+
+def _status_of(text: object) -> dict[str, Any] | None:
+    """A stored status dict, or None if the row is not a JSON object."""
+    try:
+        status = json.loads(text) if isinstance(text, str | bytes) else None
+    except ValueError:
+        return None
+    return status if isinstance(status, dict) else None
+
+
 def _migrate(connection: sqlite3.Connection, store: StatusStore) -> None:
     version: int = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
@@ -472,8 +565,8 @@ def _reconcile(connection: sqlite3.Connection) -> list[JobRecord]:
             (INTERRUPTED_MESSAGE, finished),
         )
         for can_id, text in connection.execute("SELECT can_id, status FROM board_status").fetchall():
-            status = json.loads(text)
-            if status.get("status") in _UNFINISHED_STATUS:
+            status = _status_of(text)  # a row that is not JSON is reported (once) by the caller
+            if status is not None and status.get("status") in _UNFINISHED_STATUS:
                 status.update(status="failed", upload_status="failed", error_code="interrupted",
                               message=INTERRUPTED_MESSAGE, timestamp=finished)  # fmt: skip
                 connection.execute(_PUT_STATUS, (can_id, json.dumps(status, sort_keys=True), finished))

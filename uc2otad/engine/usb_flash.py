@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from uc2otad.engine import defaults
 from uc2otad.engine.master import MasterConnection
-from uc2otad.engine.usb_status import UsbFlashStatus, UsbStep
+from uc2otad.engine.usb_status import STARTED_MESSAGE, UsbFlashStatus, UsbStep
 from uc2otad.errors import (
     ConfigError,
     InhibitedError,
@@ -73,6 +76,12 @@ MIN_BAUD, MAX_BAUD = 9600, 4_000_000
 TAIL_LINES = 20
 #: the longest ``match`` text: it is compared with port descriptions
 MAX_MATCH_LENGTH = 64
+#: the longest port: PATH_MAX for a device path (a URL is far shorter)
+MAX_PORT_LENGTH = 4096
+#: pyserial URLs esptool can flash through (the simulator's ROM loader is a socket://)
+PORT_URL_SCHEMES = ("socket", "rfc2217")
+#: characters of a refused value quoted in an error message
+QUOTE_LENGTH = 60
 
 
 @dataclass(frozen=True)
@@ -107,10 +116,8 @@ class FlashOptions:
             values = cls(**options)
         except TypeError as err:  # an option this class does not have
             raise InvalidArgumentError(f"unknown FlashMaster option: {err}") from err
-        if values.port and not values.port.startswith(("/", "socket://", "rfc2217://")):
-            raise InvalidArgumentError(
-                f"port must be a device path or a socket:// or rfc2217:// URL, not {values.port!r}"
-            )
+        if values.port:
+            check_serial_port(values.port)
         if len(values.match) > MAX_MATCH_LENGTH or not values.match.isprintable():
             raise InvalidArgumentError(f"match must be up to {MAX_MATCH_LENGTH} printable characters")
         if not MIN_BAUD <= values.baud <= MAX_BAUD:
@@ -132,6 +139,59 @@ class FlashOptions:
             except ConfigError as err:
                 raise InvalidArgumentError(f"chip must be auto or an ESP chip name: {err.reason}") from err
         return values
+
+
+def check_serial_port(port: str) -> str:
+    """``port`` names a serial device, or a ``socket://host:port`` / ``rfc2217://host:port`` URL.
+
+    Checked when FlashMaster is called, before the HAT link is released: esptool pointed at a file or at
+    ``/dev/null`` would only fail after the link was given up, as "Write failed … check the USB cable".
+    A serial device is a character device under ``/dev`` (``/dev/serial/by-id/…`` links resolve there)
+    of the kernel's tty class when sysfs tells (pseudo-terminals have no sysfs entry and are let through).
+    A path that does not exist or that the daemon may not open is left to the flash, whose first step
+    reports it as "No serial ports found" or "Port access denied", also before the link is released.
+
+    :raises InvalidArgumentError: anything else (the value is quoted, cut short)
+    """
+    shown = repr(port[:QUOTE_LENGTH]) + ("…" if len(port) > QUOTE_LENGTH else "")
+    if len(port) > MAX_PORT_LENGTH or not port.isprintable():
+        raise InvalidArgumentError(f"port must be up to {MAX_PORT_LENGTH} printable characters")
+    if "://" in port:
+        try:
+            parts = urlsplit(port)
+            number = parts.port
+        except ValueError:
+            raise InvalidArgumentError(f"port {shown} is not a valid URL (port 1..65535)") from None
+        if parts.scheme not in PORT_URL_SCHEMES:
+            raise InvalidArgumentError(
+                f"port must be a serial device or a socket:// or rfc2217:// URL, not {shown}"
+            )
+        if not parts.hostname or not number:
+            raise InvalidArgumentError(f"port {shown} must name a host and a port 1..65535")
+        return port
+    if not port.startswith("/"):
+        raise InvalidArgumentError(
+            f"port must be a device path or a socket:// or rfc2217:// URL, not {shown}"
+        )
+    try:
+        info = os.stat(port)
+    except OSError:  # missing (unplugged) or not reachable: the flash reports its row
+        return port
+    if not os.access(port, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+        return port  # the flash reports "Port access denied"; nothing could be written to it anyway
+    real = os.path.realpath(port)
+    if not stat.S_ISCHR(info.st_mode) or not real.startswith("/dev/") or not _is_tty(info.st_rdev):
+        raise InvalidArgumentError(f"port {shown} is not a serial device (a tty character device under /dev)")
+    return port
+
+
+def _is_tty(device: int) -> bool:
+    """The kernel's class of character device ``device`` is tty (True when sysfs does not say)."""
+    subsystem = Path(f"/sys/dev/char/{os.major(device)}:{os.minor(device)}/subsystem")
+    try:
+        return Path(os.path.realpath(subsystem, strict=True)).name == "tty"
+    except OSError:
+        return True
 
 
 class UsbFlasher:
@@ -194,7 +254,7 @@ class UsbFlasher:
         )  # fmt: skip
         return {
             "status": "started",
-            "message": "Master firmware flash started",
+            "message": STARTED_MESSAGE,
             "port": options.port or None,
             "firmware": options.firmware,
             "baud": options.baud,

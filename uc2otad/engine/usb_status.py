@@ -65,6 +65,8 @@ USB_ERROR_ROWS: Mapping[str, str] = {
 #: the document's row for any failure to find or fetch the image (FirmwareError)
 FIRMWARE_NOT_FOUND_ROW = "Firmware not found"
 CANCELLED_MESSAGE = "Flash cancelled"
+#: a flash accepted, before its first step: FlashMaster's own answer
+STARTED_STATUS, STARTED_MESSAGE = "started", "Master firmware flash started"
 
 
 def now_text() -> str:
@@ -93,9 +95,20 @@ class UsbFlashStatus:
         }
 
     def begin(self, **facts: Any) -> None:
-        """A new flash: forget the last one's facts."""
+        """A new flash: forget the last one's facts and its status (a "failed" must not outlive it).
+
+        The fresh status is "started", as FlashMaster answers; it is not signalled, since the document's
+        table begins with "disconnecting", which follows at once.
+        """
         self._facts = {key: value for key, value in facts.items() if value is not None}
         self._progress = 0
+        self.current = {
+            "status": STARTED_STATUS,
+            "progress": 0,
+            "message": STARTED_MESSAGE,
+            "timestamp": now_text(),
+            **self._facts,
+        }
 
     def learn(self, **facts: Any) -> None:
         """Facts known from now on (port, firmware, chip…), shown with the next step."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -28,13 +29,13 @@ import secrets
 import stat
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from uc2otad.aio import run_stoppable
-from uc2otad.errors import CacheBusyError, CacheError, DownloadCorruptError, Uc2otadError
+from uc2otad.errors import CacheBusyError, CacheError, CacheFullError, DownloadCorruptError, Uc2otadError
 from uc2otad.firmware.listing import FirmwareFile
 from uc2otad.firmware.manifest import ManifestFile
 from uc2otad.firmware.names import check_file_name
@@ -46,7 +47,6 @@ _LOGGER = logging.getLogger(__name__)
 SYSTEM_CACHE_DIR = Path("/var/cache/uc2otad")
 _META_DIR = ".meta"
 _TEMP_PREFIX = ".tmp-"
-_HASH_BLOCK = 1024 * 1024
 
 
 def default_cache_dir() -> Path:
@@ -70,6 +70,9 @@ class CachedImage:
     #: how the copy was proven current: "manifest" (sha256 listed by the server) or "server"
     #: (downloaded now and matching the listed size, or confirmed by a 304 to a conditional GET)
     verified_by: Literal["manifest", "server"]
+    #: the image's bytes, read (and hashed) under the cache's lock when it was handed out: a job sends
+    #: these, so a ClearFirmwareCache after the fetch deletes the file, never the job's image (D4)
+    data: bytes = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ class FirmwareCache:
                 _LOGGER.info("%s: removing unfinished transfer %s", self, leftover.name)
                 leftover.unlink(missing_ok=True)
         except OSError as err:
-            raise CacheError(f"{self}: cannot prepare the cache folder: {err.strerror}") from err
+            raise _cache_error(self, "cannot prepare the cache folder", err) from err
         self._opened = True
 
     def _fetch(
@@ -195,10 +198,10 @@ class FirmwareCache:
         meta = self._read_meta(file.name)
 
         if cached is not None and promise is not None:
-            size, digest = cached
+            size, digest, data = cached
             if size == promise.size and digest == promise.sha256:
                 _LOGGER.debug("%s: %s matches the manifest; reused", self, file.name)
-                return CachedImage(file.name, path, size, digest, 0, "manifest")
+                return CachedImage(file.name, path, size, digest, 0, "manifest", data)
             _LOGGER.info("%s: cached %s differs from the manifest; downloading it again", self, file.name)
 
         validators = None
@@ -216,9 +219,13 @@ class FirmwareCache:
             )
             if not result.modified and cached is not None:
                 _LOGGER.debug("%s: %s not modified on the server; reused", self, file.name)
-                return CachedImage(file.name, path, cached[0], cached[1], 0, "server")
+                return CachedImage(file.name, path, cached[0], cached[1], 0, "server", cached[2])
             _check_download(file, promise, result.size, result.sha256)
             _fsync_file(sink)
+            sink.seek(0)
+            data = sink.read()
+            if hashlib.sha256(data).hexdigest() != result.sha256:  # the disk gave back other bytes
+                raise CacheError(f"{self}: {file.name} reads back differently from what was downloaded")
             sink.close()
             # the old record goes first: a crash before the new one is written then leaves an image
             # without a record (downloaded again next time), never an image with a wrong record
@@ -230,7 +237,7 @@ class FirmwareCache:
         _fsync_dir(self.directory)
         _LOGGER.info("%s: downloaded %s size=%d sha256=%s", self, file.name, result.size, result.sha256)
         verified_by: Literal["manifest", "server"] = "manifest" if promise is not None else "server"
-        return CachedImage(file.name, path, result.size, result.sha256, result.size, verified_by)
+        return CachedImage(file.name, path, result.size, result.sha256, result.size, verified_by, data)
 
     @contextlib.contextmanager
     def _temporary(self) -> Iterator[tuple[Path, BinaryIO]]:
@@ -239,20 +246,20 @@ class FirmwareCache:
             temp_path = self.directory / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
             handle = os.open(temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise CacheError(f"{self}: cannot write to the cache folder: {err.strerror}") from err
+            raise _cache_error(self, "cannot write to the cache folder", err) from err
         sink: BinaryIO = os.fdopen(handle, "w+b")
         try:
             yield temp_path, sink
         except Uc2otadError:  # DownloadTimeoutError is a TimeoutError, hence an OSError: not ours to wrap
             raise
         except OSError as err:
-            raise CacheError(f"{self}: writing {temp_path.name} failed: {err.strerror}") from err
+            raise _cache_error(self, f"writing {temp_path.name} failed", err) from err
         finally:
             sink.close()
             temp_path.unlink(missing_ok=True)
 
-    def _cached_state(self, path: Path) -> tuple[int, str] | None:
-        """(size, sha256) of a regular cached file; None if absent or not a regular file."""
+    def _cached_state(self, path: Path) -> tuple[int, str, bytes] | None:
+        """(size, sha256, bytes) of a regular cached file; None if absent or not a regular file."""
         try:
             info = path.lstat()
         except FileNotFoundError:
@@ -260,11 +267,11 @@ class FirmwareCache:
         if not stat.S_ISREG(info.st_mode):
             _LOGGER.warning("%s: %s is not a regular file; ignoring it", self, path.name)
             return None
-        digest = hashlib.sha256()
-        with path.open("rb") as cached:
-            while block := cached.read(_HASH_BLOCK):
-                digest.update(block)
-        return info.st_size, digest.hexdigest()
+        if info.st_size > self.max_image_size:  # not one of ours: never read it whole, replace it
+            _LOGGER.warning("%s: %s is larger than any image may be; ignoring it", self, path.name)
+            return None
+        data = path.read_bytes()
+        return len(data), hashlib.sha256(data).hexdigest(), data
 
     def _meta_path(self, name: str) -> Path:
         return self.directory / _META_DIR / f"{name}.json"
@@ -300,6 +307,20 @@ class FirmwareCache:
                     removed += 1
         _LOGGER.info("%s: cleared, %d images deleted", self, removed)
         return removed
+
+
+#: errno values that mean "no room on this disk": ENOSPC, and EDQUOT (a quota) where the platform has it
+_NO_ROOM = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+
+
+def _cache_error(cache: FirmwareCache, doing: str, err: OSError) -> CacheError:
+    """The cache's error for ``err``: :class:`CacheFullError` (``disk_full``) when the disk is full."""
+    if err.errno in _NO_ROOM:
+        return CacheFullError(
+            f"disk full: no room for the firmware cache in {cache.directory} ({doing}: {err.strerror}); "
+            "free space on that disk or clear the cache"
+        )
+    return CacheError(f"{cache}: {doing}: {err.strerror}")
 
 
 def _check_download(file: FirmwareFile, promise: ManifestFile | None, size: int, sha256: str) -> None:

@@ -36,7 +36,13 @@ class VerifiedImage:
 
     @property
     def path(self) -> Path:
+        """Where the image was cached; it may be gone (ClearFirmwareCache): send :attr:`data`."""
         return self.cached.path
+
+    @property
+    def data(self) -> bytes:
+        """The verified bytes, held since the fetch: what a job sends (issue 15, D4)."""
+        return self.cached.data
 
     @property
     def version(self) -> str | None:
@@ -101,6 +107,4 @@ class FirmwareRepository:
 
 
 def _check_app(cached: CachedImage, chip: str) -> ImageInfo:
-    return validate_app_image(
-        cached.path.read_bytes(), chip=chip, max_size=OTA_PARTITION_SIZE, name=cached.name
-    )
+    return validate_app_image(cached.data, chip=chip, max_size=OTA_PARTITION_SIZE, name=cached.name)

@@ -28,6 +28,7 @@ import re
 import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, TypeVar
@@ -69,6 +70,12 @@ CLOSE_TIMEOUT = 2.0
 EVENT_QUEUE_SIZE = 1024
 #: most bytes handed from the reader thread to the parser at once
 READ_CHUNK = 4096
+#: most commands awaiting their replies at once. The master queues what its serial task reads for its
+#: main loop: ``xQueueCreate(16, …)`` on FW-main (``SerialProcess.cpp:350`` @063e5a6), ``xQueueCreate(5,
+#: …)`` on FW-legacy (``:326`` @14fa3e3), and drops what comes while the queue is full ("Serial queue
+#: full - dropping message"): the dropped command never gets a reply. One below the legacy depth, since
+#: the command the master is handling may still hold its place
+MAX_IN_FLIGHT = 4
 
 # the reset reason the ESP32 ROM prints first after every reset ("rst:0xc (SW_CPU_RESET),boot:…", after
 # "ets Jul 29 2019 …" on the ESP32, "ESP-ROM:esp32s3-…" on the S3); readable only when the link runs at
@@ -111,6 +118,9 @@ class LinkSettings:
     write_timeout: float = WRITE_TIMEOUT
     close_timeout: float = CLOSE_TIMEOUT
     event_queue_size: int = EVENT_QUEUE_SIZE
+    #: commands awaiting replies at once (:data:`MAX_IN_FLIGHT`); the rest wait for a place, and that
+    #: wait is not part of their reply timeout
+    max_in_flight: int = MAX_IN_FLIGHT
     reconnect: RetryPolicy = RECONNECT_POLICY
     #: where every byte on the port is recorded (``serial.capture``); shared by the links a daemon makes
     capture: LinkCapture | None = field(default=None, compare=False)
@@ -149,6 +159,12 @@ class Link(abc.ABC, Generic[PortT]):
         self._write_lock = asyncio.Lock()
         self._thread_write_lock = threading.Lock()
         self._shape_lock = asyncio.Lock()
+        if self.settings.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._in_flight = asyncio.Semaphore(self.settings.max_in_flight)
+        #: the thread that writes to the port: the link's own, so that a busy default executor (firmware
+        #: downloads, the store) cannot hold a command back until its reply timeout has passed
+        self._writer: ThreadPoolExecutor | None = None
         self._holder: tuple[str, object] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,6 +308,7 @@ class Link(abc.ABC, Generic[PortT]):
             self._events.fail_streams(error)
             if self._session is not None:
                 await self._end_session(self._session)
+            self._stop_writer()
         if was is not LinkState.CLOSED:
             _LOGGER.info("%s: closed", self.name)
             self._notify(ConnectionEvent.CLOSED)
@@ -303,6 +320,12 @@ class Link(abc.ABC, Generic[PortT]):
         if session is not None:
             session.stop.set()
             self._close(session.port)
+        self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=False)  # its thread ends once a write in progress has
 
     async def _connect(self, *, recover: bool) -> None:
         """One way to connect: :meth:`_connect_once`. Subclasses that can try several (baud rates) or
@@ -400,8 +423,9 @@ class Link(abc.ABC, Generic[PortT]):
 
         :param reply: None: the reply echoes the qid the link adds. A shape: the reply is recognised
             by it (a qid echo counts too); such commands run one at a time.
-        :param timeout: seconds for the whole exchange, waiting for a turn included
-            (default ``settings.request_timeout``)
+        :param timeout: seconds for the exchange, waiting for a shape's turn included
+            (default ``settings.request_timeout``); not the wait for a place among the commands in
+            flight (``settings.max_in_flight``)
         :param send_qid: add a ``qid``; UC2-REST sends ``/ota_start`` without one
         :raises LinkClosedError: the link is not open
         :raises LinkBusyError: another task holds the link (:meth:`exclusive`)
@@ -473,6 +497,19 @@ class Link(abc.ABC, Generic[PortT]):
         if reply is None and not send_qid:
             raise ValueError("a command without qid needs a reply shape")
         timeout = self.settings.request_timeout if timeout is None else timeout
+        # never more commands awaiting replies than the master queues; the wait for a place is not the
+        # master's silence, so the deadline starts once the command has one
+        async with self._in_flight:
+            return await self._exchange_now(command, reply=reply, timeout=timeout, send_qid=send_qid)
+
+    async def _exchange_now(
+        self,
+        command: Mapping[str, Any],
+        *,
+        reply: ReplyShape | None,
+        timeout: float,  # noqa: ASYNC109 - as in request()
+        send_qid: bool,
+    ) -> JsonObject:
         task = command.get("task", "?")
         qid: int | None = None
         deadline = asyncio.timeout(timeout)
@@ -519,8 +556,17 @@ class Link(abc.ABC, Generic[PortT]):
         if session is None:
             raise LinkClosedError(f"{self.name}: port is not open", port=self.name)
         async with self._write_lock:
+            if self._writer is None:
+                name = f"uc2otad-write {self.name}"
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+            writer = self._writer
+            loop = asyncio.get_running_loop()
             try:
-                await asyncio.to_thread(self._write_in_order, session.port, data, raw)
+                written = loop.run_in_executor(writer, self._write_in_order, session.port, data, raw)
+            except RuntimeError as err:  # closed meanwhile: the writer takes nothing more
+                raise LinkClosedError(f"{self.name}: link closed", port=self.name) from err
+            try:
+                await written
             except LinkIOError as err:
                 self._on_lost(session, err)
                 raise

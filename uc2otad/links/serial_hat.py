@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -108,6 +109,8 @@ class SerialHatLink(Link[Any]):
         self._list_ports = list_ports
         #: scans take turns: a legacy master forgets a scan asked for while one runs
         self._scan_turn = asyncio.Lock()
+        #: the scan in flight per probe range (None: a plain scan); callers meanwhile share it
+        self._scans: dict[tuple[int, int] | None, asyncio.Future[ScanResult]] = {}
         #: the master may be in binary mode and the recovery has not been tried (:meth:`_connect`): at
         #: first, since another process may have left it streaming; again when a stream lost the port
         self._recovery_armed = True
@@ -132,15 +135,34 @@ class SerialHatLink(Link[Any]):
         reply never answers by qid, :mod:`uc2otad.links.replies`), and this link's scans take turns; the
         wait for a turn is not part of the timeout.
 
+        Concurrent calls share one scan: a call made while a scan with the same ``probe_range`` is in
+        flight gets that scan's result (or error) and sends nothing, so a burst of callers costs the
+        master one command (issue 15, D5). Cancelling one caller does not cancel the scan for the others.
+
         :param probe_range: also SDO-probe these ids (inclusive) for nodes outside the routing table
         :raises ValueError: a probe range outside 1..127
         :raises LinkError: see :meth:`Link.request`; LinkProtocolError for a reply without a scan list
         """
-        command = commands.scan_command(probe_range)
+        command = commands.scan_command(probe_range)  # checks the range before anything is shared
+        self._check_usable()  # each caller's own: one outside an exclusive() block gets LinkBusyError
+        shared = self._scans.get(probe_range)
+        if shared is None or shared.done():
+            shared = asyncio.ensure_future(self._scan_once(command, probe_range))
+            self._scans[probe_range] = shared
+            shared.add_done_callback(functools.partial(self._scan_done, probe_range))
+        return await asyncio.shield(shared)
+
+    async def _scan_once(self, command: JsonObject, probe_range: tuple[int, int] | None) -> ScanResult:
         settings = self.hat_settings
         timeout = settings.scan_timeout if probe_range is None else settings.probe_scan_timeout
         async with self._scan_turn:
             return commands.parse_scan(await self.request(command, timeout=timeout))
+
+    def _scan_done(self, probe_range: tuple[int, int] | None, scan: asyncio.Future[ScanResult]) -> None:
+        if self._scans.get(probe_range) is scan:
+            del self._scans[probe_range]
+        if not scan.cancelled():
+            scan.exception()  # retrieved: callers that all went away leave no "never retrieved" warning
 
     async def bus_health(self) -> BusHealth:
         """The master's CANopen state and CAN error counters (``/can_get``).

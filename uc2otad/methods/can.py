@@ -1,9 +1,10 @@
 """The streaming method (CANopen firmware): the image goes through the master's serial link, and the
 master forwards it to the slave by CANopen SDO (``uc2-stack.md`` §2.2).
 
-It drives the board's status through the contract's streaming sequence: command_sent (``/ota_start``)
-→ downloading → uploading 0…90 (from the master's ``ota_rx``) → flashing → verifying → success. The
-image is obtained and checked before ``/ota_start``, which needs its size and CRC.
+It drives the board's status through the contract's streaming sequence: command_sent → downloading
+(both as the job starts) → uploading 0…90 (from the master's ``ota_rx``, after ``/ota_start``) →
+flashing → verifying → success. The image is obtained and checked before ``/ota_start``, which needs its
+size and CRC, so "downloading" is the daemon's download, shown from the job's first moment.
 
 The link calls its progress callbacks synchronously, and a status update is synchronous too: each
 callback reports its step directly, in the order the master sent them.
@@ -11,7 +12,6 @@ callback reports its step directly, in the order the master sent them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -48,17 +48,19 @@ class CanStreamMethod:
         self._before = before
 
     async def run(self, job: Job) -> None:
+        # the first steps at once (issue 15, D6): the job is seen from its start, not once the image is
+        # in; /ota_start follows the download, since it needs the image's size and CRC
+        job.status.advance(Phase.COMMAND_SENT)
+        job.status.advance(Phase.DOWNLOADING)
         image = await self._obtain()
         job.obtained(image)
-        data = await asyncio.to_thread(image.path.read_bytes)
+        data = image.data  # held since the fetch: a cleared cache cannot take it (D4)
         async with self._use_link(f"streaming to node {job.can_id}") as link:
-            job.status.advance(Phase.COMMAND_SENT, firmware=image.name)
-            job.status.advance(Phase.DOWNLOADING)
             await link.stream_ota(
                 job.can_id,
                 data,
                 progress=lambda acknowledged, total: job.status.progress(100 * acknowledged / total),
-                on_flashing=lambda: job.status.advance(Phase.FLASHING),
+                on_flashing=lambda: job.status.advance(Phase.FLASHING, firmware=image.name),
             )
             job.committed()  # the master said "success": the slave checked the CRC and set its boot partition
             job.status.advance(Phase.VERIFYING)

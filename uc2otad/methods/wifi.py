@@ -98,7 +98,7 @@ class WifiMethod:
             job.obtained(image)
         finally:
             await _settle(downloading)
-        data = await asyncio.to_thread(image.path.read_bytes)
+        data = image.data  # held since the fetch: a cleared cache cannot take it (D4)
         uploader = ArduinoOtaUploader(joined.ip, port=self._settings.ota_port, settings=self._settings.upload)
         async with self._upload_slot:
             await uploader.upload(data, filename=image.name, progress=job.status.progress)

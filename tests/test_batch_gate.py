@@ -1,0 +1,56 @@
+"""BatchGate: turns in order, paced, and held back while an inhibit is held (issue 15, D7)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from uc2otad.engine.batch import BatchGate
+from uc2otad.engine.status import BoardStatus, Phase, SequenceError
+
+
+async def test_a_turn_waits_while_an_inhibit_is_held_and_goes_on_after() -> None:
+    """D7: a queued board's turn does not come while an inhibit is held; it comes once it ends."""
+    held = asyncio.Event()
+    released = asyncio.Event()
+
+    async def until_uninhibited() -> None:
+        await released.wait()
+
+    gate = BatchGate(1, 0, inhibited=held.is_set, until_uninhibited=until_uninhibited)
+    started: list[int] = []
+
+    async def board(number: int, finish: asyncio.Event) -> None:
+        async with gate.turn():
+            started.append(number)
+            await finish.wait()
+
+    first_done, second_done = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(board(1, first_done))
+    second = asyncio.create_task(board(2, second_done))
+    await asyncio.sleep(0.01)
+    held.set()  # Inhibit while the first board runs
+    first_done.set()
+    await asyncio.sleep(0.05)
+    assert started == [1]  # the second board's turn came under the inhibit: it waits
+    held.clear()
+    released.set()  # Uninhibit
+    second_done.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 1)
+    assert started == [1, 2]
+
+
+def test_a_queued_status_has_no_step_and_the_first_step_ends_it() -> None:
+    """D6: a waiting batch board shows it is queued; its sequence then starts as usual."""
+    published: list[dict[str, Any]] = []
+    status = BoardStatus(11, "wifi", published.append, job_id="j", batch_id="b")
+    status.queue()
+    status.advance(Phase.COMMAND_SENT)
+    queued, first = published
+    assert (queued["status"], queued["queued"], queued["upload_progress"]) == ("initiated", True, 0)
+    assert "upload_status" not in queued and queued["batch_id"] == "b"
+    assert first["upload_status"] == "command_sent" and "queued" not in first
+    with pytest.raises(SequenceError):
+        status.queue()
