@@ -93,6 +93,13 @@ class MasterConnected:
                 await self._changed.wait()
 
 
+def stalling_microscope(tmp_path: Path, rx_timeout: float) -> SimConfig:
+    """One node that stalls mid-stream (:data:`STALL`), behind a master with ``rx_timeout`` on a pty."""
+    node = replace(default_node(NODE), faults=STALL)
+    timing = replace(TIMING, ota_rx_timeout=rx_timeout, block_timeout=3.0)
+    return SimConfig(nodes=(node,), timing=timing, serial_link=tmp_path / "ttyHAT", socket=False, ota_port=0)
+
+
 @pytest.mark.timeout(60)
 async def test_after_sigkill_mid_stream_the_master_recovers_and_the_next_update_succeeds(
     start_daemon: DaemonFactory, client: MessageBus, tmp_path: Path, served_image: str
@@ -107,12 +114,7 @@ async def test_after_sigkill_mid_stream_the_master_recovers_and_the_next_update_
     signals = Progress(client, NODE)
     connected = MasterConnected(client)
     await add_match(client, f"type='signal',sender='{names.BUS_NAME}'")
-    node = replace(default_node(NODE), faults=STALL)
-    timing = replace(TIMING, ota_rx_timeout=RX_TIMEOUT, block_timeout=3.0)
-    config = SimConfig(
-        nodes=(node,), timing=timing, serial_link=tmp_path / "ttyHAT", socket=False, ota_port=0
-    )
-    async with VirtualMicroscope(config) as scope:
+    async with VirtualMicroscope(stalling_microscope(tmp_path, RX_TIMEOUT)) as scope:
         flags = ("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image)
         daemon = await start_daemon(*flags, config=STUCK_CONFIG)
         assert (await call(client, "StartOTA", "ua{sv}", NODE, {})).message_type is MessageType.METHOD_RETURN

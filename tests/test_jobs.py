@@ -21,6 +21,7 @@ from uc2otad.errors import (
     FirmwareNotFoundError,
     InhibitedError,
     JobBusyError,
+    JobError,
     NoJobError,
     UploadTimeoutError,
 )
@@ -122,6 +123,25 @@ async def test_a_transient_failure_is_retried_with_the_next_attempt_number(store
     assert (failed["attempt"], failed["error_code"]) == (1, "upload_timeout")
     assert (published.statuses[-1]["status"], published.statuses[-1]["attempt"]) == ("success", 2)
     assert (await store.history(11))[0].state == "success"
+
+
+async def test_a_bug_in_a_method_ends_the_job_failed_in_status_and_history(
+    store: StatusStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 (follow-up of D4): an exception that is no Uc2otadError, a bug, used to end the task
+    with "Task exception was never retrieved", the status stuck in "uploading" and the row "running"."""
+    published = Published()
+    jobs = manager(store, published)
+    context = jobs.start(11, ScriptedMethod(KeyError("ota_rx")), {})
+    await jobs.wait(11)
+    final = published.statuses[-1]
+    assert (final["status"], final["error_code"]) == ("failed", "failed")
+    assert "internal error (KeyError)" in final["upload_error"]
+    (row,) = await store.history(11)
+    assert (row.state, row.error_code, row.attempt) == ("failed", "failed", 1)  # a bug is not retried
+    with pytest.raises(JobError, match="internal error"):
+        await context.acceptance()
+    assert any(record.exc_info for record in caplog.records)  # the traceback is in the journal
 
 
 async def test_a_permanent_failure_is_not_retried(store: StatusStore) -> None:

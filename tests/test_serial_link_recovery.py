@@ -76,16 +76,22 @@ class ResettableLink(SerialHatLink):
         return True
 
 
+async def stream_in_flight(link: SerialHatLink) -> asyncio.Task[Any]:
+    """A stream of IMAGE to NODE over ``link``, once the master acknowledged its first chunk."""
+    acknowledged = asyncio.Event()
+    streaming = asyncio.create_task(
+        link.stream_ota(NODE, IMAGE, progress=lambda done, size: acknowledged.set())
+    )
+    async with asyncio.timeout(2):
+        await acknowledged.wait()
+    return streaming
+
+
 async def left_in_binary_mode(scope: VirtualMicroscope) -> None:
     """A host that dies mid-stream: "ready", a chunk acknowledged, then its process is gone (no restore)."""
     host = SerialHatLink(scope.pty.url, settings=LINK, reconnect=False)
     await host.open()
-    acknowledged = asyncio.Event()
-    streaming = asyncio.create_task(
-        host.stream_ota(NODE, IMAGE, progress=lambda done, size: acknowledged.set())
-    )
-    async with asyncio.timeout(2):
-        await acknowledged.wait()
+    streaming = await stream_in_flight(host)
     host.force_close()  # what SIGKILL leaves: the port closed, nothing more written
     streaming.cancel()
     with contextlib.suppress(asyncio.CancelledError, LinkLostError):
@@ -179,12 +185,7 @@ async def test_a_stream_that_loses_the_port_arms_the_recovery_for_the_links_own_
         await link.open()
         heard = last_words(link)
         try:
-            acknowledged = asyncio.Event()
-            streaming = asyncio.create_task(
-                link.stream_ota(NODE, IMAGE, progress=lambda done, size: acknowledged.set())
-            )
-            async with asyncio.timeout(2):
-                await acknowledged.wait()
+            streaming = await stream_in_flight(link)
             await scope.pty.vanish()
             with pytest.raises(LinkIOError):  # LinkLostError, or the write that found the port gone
                 await streaming
@@ -194,3 +195,25 @@ async def test_a_stream_that_loses_the_port_arms_the_recovery_for_the_links_own_
         finally:
             await link.close()
     assert heard == ["rx_timeout"]
+
+
+async def test_a_stream_stopped_while_the_daemon_leaves_resets_the_master_and_waits_for_nothing(
+    tmp_path: Path,
+) -> None:
+    """D9 SIGTERM mid-stream: where the port has modem lines, the leaving link resets the master and
+    ends the stream without waiting for the master to boot (the next start's handshake waits for it)."""
+    async with microscope(tmp_path) as scope:
+        link = ResettableLink(scope)
+        await link.open()
+        try:
+            streaming = await stream_in_flight(link)
+            link.leave()
+            streaming.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await streaming
+            stopped_with_master_streaming = scope.master.in_binary_mode
+        finally:
+            await link.close()
+    assert link.resets == 1
+    # the reset's reboot had not ended the binary mode yet: the link asked nothing of the booting master
+    assert stopped_with_master_streaming

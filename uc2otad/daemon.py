@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ from dbus_fast import BusType
 from uc2otad import __version__, settings
 from uc2otad.api.service import BusNameTakenError, DBusService
 from uc2otad.engine.core import Engine
+from uc2otad.engine.store import JobRecord
 from uc2otad.errors import ConfigError, Uc2otadError
 from uc2otad.logs import setup_logging
 from uc2otad.notify import notify, run_watchdog, watchdog_interval
@@ -95,6 +97,8 @@ async def run(config: settings.Settings, persisted: dict[str, object], bus_type:
         await engine.stop()
         return EXIT_FAILURE
     notify("READY=1", f"STATUS=idle; {len(interrupted)} interrupted job(s) reconciled")
+    if engine.reconciling is not None:
+        engine.reconciling.add_done_callback(functools.partial(_notify_confirmed, len(interrupted)))
     _LOGGER.info("uc2otad %s ready; state=%s", __version__, config.daemon_state_dir)
 
     interval = watchdog_interval()
@@ -117,6 +121,18 @@ async def run(config: settings.Settings, persisted: dict[str, object], bus_type:
     await service.stop()
     await engine.stop()
     return 0 if lost is None else EXIT_FAILURE
+
+
+def _notify_confirmed(interrupted: int, asked: asyncio.Task[list[JobRecord]]) -> None:
+    """systemctl status shows what asking the boards found (issue 15, D10)."""
+    if asked.cancelled():
+        return
+    error = asked.exception()
+    if error is not None:
+        _LOGGER.error("uc2otad: asking the boards about interrupted updates failed", exc_info=error)
+        return
+    confirmed = len(asked.result())
+    notify(f"STATUS=idle; {interrupted} interrupted job(s), {confirmed} found finished by their boards")
 
 
 async def _until_stopped_or_lost(stop: asyncio.Event, service: DBusService) -> str | None:

@@ -22,6 +22,7 @@ from uc2otad import __version__, secrets, settings
 from uc2otad.engine.batch import BatchGate, OverallProgress
 from uc2otad.engine.jobs import JobContext, JobManager, Method
 from uc2otad.engine.master import MasterConnection, link_factory
+from uc2otad.engine.reconcile import CONFIRMED_MESSAGE, confirm_finished, confirmed_status, provable
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.engine.usb_status import UsbFlashStatus
 from uc2otad.errors import (
@@ -31,6 +32,7 @@ from uc2otad.errors import (
     InvalidArgumentError,
     JobBusyError,
     LinkClosedError,
+    LinkError,
     UnknownCookieError,
 )
 from uc2otad.firmware.cache import FirmwareCache
@@ -38,7 +40,7 @@ from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, Resolve
 from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
 from uc2otad.links.capture import LinkCapture
-from uc2otad.links.commands import ScanResult
+from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.links.ota_stream import StreamSettings
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS, WifiOtaSettings
 from uc2otad.links.reconnect import RECONNECT_POLICY
@@ -180,6 +182,8 @@ class Engine:
         self.jobs.on_change(self._jobs_changed)
         # the flasher and its esptool code load on the first FlashMaster (idle memory, docs/benchmarks.md)
         self._usb_flasher: UsbFlasher | None = None
+        #: asking the boards whether the updates a crash interrupted took (:meth:`start`): the jobs that did
+        self.reconciling: asyncio.Task[list[JobRecord]] | None = None
         self._usb_status = UsbFlashStatus(lambda status: self._emit(USBFlashChanged(status)))
         self._progress = OverallProgress()
         self._verify = VerifySettings(
@@ -197,12 +201,58 @@ class Engine:
         await self.repository.cache.open()
         if self.master is not None:
             await self.master.start()
+            if any(map(provable, interrupted)):
+                self.reconciling = asyncio.create_task(
+                    self._confirm_finished(interrupted), name="asking boards about interrupted updates"
+                )
         return interrupted
 
+    async def _confirm_finished(self, interrupted: list[JobRecord]) -> list[JobRecord]:
+        """Ask the boards whether the interrupted updates took (:mod:`.reconcile`; issue 15, D10); the
+        jobs that did, now ``success``."""
+        assert self.master is not None
+        master = self.master
+        confirmed: list[JobRecord] = []
+
+        def found(job: JobRecord, node: NodeInfo) -> None:
+            if self._confirmed(job, node):
+                confirmed.append(job)
+
+        async def scan() -> ScanResult:
+            async with master.use("asking boards about interrupted updates") as link:
+                return await link.scan()
+
+        await master.wait_connected()  # exclusive mode: however long the master takes to come back
+        try:
+            await confirm_finished(interrupted, scan, found, self._verify)
+        except LinkError as err:
+            _LOGGER.warning("engine: cannot ask the boards about interrupted updates: %s", err)
+        return confirmed
+
+    def _confirmed(self, job: JobRecord, node: NodeInfo) -> bool:
+        """Board ``job.can_id`` runs the image of its interrupted job: the job is a success after all,
+        unless a newer job owns the board's status by now (False)."""
+        status = self.store.get_status(job.can_id)
+        if self.jobs.running(job.can_id) or status is None or status.get("job_id") != job.job_id:
+            return False
+        self.store.confirm_job(job, CONFIRMED_MESSAGE.format(version=node.fw_version))
+        self._publish_status(job.can_id, confirmed_status(status, job))
+        _LOGGER.info(
+            "engine: board %d runs %s: job %s, interrupted, is a success after all",
+            job.can_id, node.fw_version, job.job_id,
+            extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "success"},
+        )  # fmt: skip
+        return True
+
     async def stop(self) -> None:
+        if self.reconciling is not None:
+            self.reconciling.cancel()
+            await asyncio.wait({self.reconciling})
         if self._usb_flasher is not None:
             await self._usb_flasher.stop()  # a flash in progress is cancelled: esptool must not outlive us
-        await self.jobs.stop()  # their rows stay "running": reconciled as interrupted at the next start
+        if self.master is not None:
+            self.master.leave()  # a stream stopped now does not wait for the master (issue 15, D9)
+        await self.jobs.stop()  # their rows stay "running": reconciled at the next start
         if self.master is not None:
             await self.master.stop()
         await self.store.close()

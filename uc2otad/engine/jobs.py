@@ -66,6 +66,8 @@ class JobContext:
     options: Mapping[str, Any]
     #: the image the method obtained, once it has
     image: VerifiedImage | None = None
+    #: the history row learns the image (the release it installs: what a restart asks the board for)
+    _note_image: Callable[[VerifiedImage], None] = lambda image: None
     _committed: asyncio.Event = field(default_factory=asyncio.Event)
     #: the master's reply to the starting command, or the error that ended the job before it came
     _acceptance: asyncio.Future[Mapping[str, Any] | Uc2otadError] = field(
@@ -74,6 +76,7 @@ class JobContext:
 
     def obtained(self, image: VerifiedImage) -> None:
         self.image = image
+        self._note_image(image)
 
     def accepted(self, command_response: Mapping[str, Any]) -> None:
         """The master acknowledged the command that starts the update (the first attempt's counts)."""
@@ -178,7 +181,11 @@ class JobManager:
             self._publish(can_id, status)
 
         status = BoardStatus(can_id, method.name, publish, job_id=job_id, **fields)
-        context = JobContext(job_id, can_id, status, options)
+
+        def note_image(image: VerifiedImage) -> None:
+            self._store.note_image(job_id, firmware_version=image.version, sha256=image.cached.sha256)
+
+        context = JobContext(job_id, can_id, status, options, _note_image=note_image)
         task = asyncio.get_running_loop().create_task(
             self._run(context, method, gate or nullcontext(), queued=gate is not None), name=f"job {job_id}"
         )
@@ -311,6 +318,17 @@ class JobManager:
                     continue
                 self._finish(job, attempt, error=err)
                 return err
+            except Exception as err:  # a bug must end the job in the status and history too
+                _LOGGER.exception(
+                    "job %s: board %d: internal error", job.job_id, job.can_id,
+                    extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "failed"},
+                )  # fmt: skip
+                error = JobError(
+                    f"board {job.can_id}: internal error ({type(err).__name__}); see the journal"
+                )
+                job.status.fail("failed", detail=str(error))
+                self._finish(job, attempt, error=error)
+                return error
             self._finish(job, attempt)
             return None
 

@@ -46,6 +46,8 @@ class MasterConnection:
         self._stopping = False
         #: what holds the port while it is released (:meth:`released`); None: not released
         self._released_for: str | None = None
+        #: the links opened on demand and in use now
+        self._borrowed: set[SerialHatLink] = set()
 
     @property
     def link(self) -> SerialHatLink | None:
@@ -73,6 +75,14 @@ class MasterConnection:
             )
             self._opener.start()
 
+    def leave(self) -> None:
+        """The daemon is stopping: streams cancelled from now on let go of the master at once
+        (:meth:`SerialHatLink.leave`). Call before cancelling the jobs."""
+        self._stopping = True
+        for link in (self._link, *self._borrowed):
+            if link is not None:
+                link.leave()
+
     async def stop(self) -> None:
         self._stopping = True
         if self._opener is not None:
@@ -99,12 +109,16 @@ class MasterConnection:
             yield link
             return
         link = self._make_link()
+        if self._stopping:
+            link.leave()
         _LOGGER.debug("master: opening %s for %s", link.name, purpose)
         await link.open()
         self._on_connected(True)
+        self._borrowed.add(link)
         try:
             yield link
         finally:
+            self._borrowed.discard(link)
             await link.close()
             self._on_connected(False)
 

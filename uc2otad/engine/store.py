@@ -241,6 +241,24 @@ class StatusStore:
         await self._until_written(self._queued_row(record))
         return record
 
+    def note_image(self, job_id: str, *, firmware_version: str | None, sha256: str) -> None:
+        """The running job has its image: the row keeps the release it installs and its sha256, so that
+        a crash from now on can be reconciled by asking the board (:mod:`uc2otad.engine.reconcile`).
+        In memory at once, in the file as soon as it can be (before the transfer, in practice)."""
+        running = self._running.get(job_id)
+        if running is None:
+            return
+        version = firmware_version or running.firmware_version
+        record = replace(running, firmware_version=version, sha256=sha256)
+        self._running[job_id] = record
+        self._queued_row(record)
+
+    def confirm_job(self, record: JobRecord, message: str) -> JobRecord:
+        """An interrupted job's board runs its image after all: its row becomes ``success``."""
+        confirmed = replace(record, state="success", error_code=None, message=message)
+        self._queued_row(confirmed)
+        return confirmed
+
     def finish_job(
         self,
         job_id: str,
@@ -554,26 +572,52 @@ def _statements(script: str) -> list[str]:
 
 
 def _reconcile(connection: sqlite3.Connection) -> list[JobRecord]:
-    """Mark what a crash left running as failed/interrupted, in one transaction."""
+    """Close what a crash left running, in one transaction; the jobs now ``failed``/``interrupted``.
+
+    A row whose board's status already names the job's end (the status dict with its ``job_id`` says
+    "success" or "failed": a crash between the two writes of an older daemon, or a file edited by
+    hand) takes that end: the status is only ever published at the end with its evidence, so it is
+    the newer word (a failed attempt with ``retry_in`` is not an end). Every other running row is
+    interrupted, and so is its board's status if it was unfinished.
+    """
     finished = now_text()
+    interrupted: list[JobRecord] = []
     with connection:
         connection.execute("BEGIN IMMEDIATE")
-        rows = connection.execute("SELECT * FROM history WHERE state = 'running'").fetchall()
-        connection.execute(
-            "UPDATE history SET state = 'failed', error_code = 'interrupted', message = ?, finished = ? "
-            "WHERE state = 'running'",
-            (INTERRUPTED_MESSAGE, finished),
-        )
-        for can_id, text in connection.execute("SELECT can_id, status FROM board_status").fetchall():
-            status = _status_of(text)  # a row that is not JSON is reported (once) by the caller
-            if status is not None and status.get("status") in _UNFINISHED_STATUS:
+        statuses = {
+            can_id: status
+            for can_id, text in connection.execute("SELECT can_id, status FROM board_status").fetchall()
+            if (status := _status_of(text)) is not None  # a row that is not JSON is reported by the caller
+        }
+        for row in connection.execute("SELECT * FROM history WHERE state = 'running'").fetchall():
+            job = JobRecord(**dict(row))
+            status = statuses.get(job.can_id, {})
+            final = status.get("status") == "success" or (
+                status.get("status") in ("failed", "wifi_failed") and "retry_in" not in status
+            )  # a failed attempt that was to be retried is not the job's end
+            ended = final and status.get("job_id") == job.job_id
+            if ended:
+                closed = _ended_as(job, status, finished)
+            else:
+                closed = replace(job, state="failed", error_code="interrupted", message=INTERRUPTED_MESSAGE,
+                                 finished=finished)  # fmt: skip
+                interrupted.append(closed)
+            connection.execute(_PUT_JOB, closed.__dict__)
+        for can_id, status in statuses.items():
+            if status.get("status") in _UNFINISHED_STATUS:
                 status.update(status="failed", upload_status="failed", error_code="interrupted",
                               message=INTERRUPTED_MESSAGE, timestamp=finished)  # fmt: skip
+                status.pop("queued", None)
                 connection.execute(_PUT_STATUS, (can_id, json.dumps(status, sort_keys=True), finished))
-    closed = {
-        "state": "failed",
-        "error_code": "interrupted",
-        "message": INTERRUPTED_MESSAGE,
-        "finished": finished,
-    }
-    return [JobRecord(**{**dict(row), **closed}) for row in rows]
+    return interrupted
+
+
+def _ended_as(job: JobRecord, status: Mapping[str, Any], finished: str) -> JobRecord:
+    """The history row of a job whose board's status says how it ended."""
+    if status.get("status") == "success":
+        return replace(job, state="success", error_code=None, message=None,
+                       firmware_version=status.get("firmware_version") or job.firmware_version,
+                       finished=status.get("upload_timestamp") or finished)  # fmt: skip
+    return replace(job, state="failed", error_code=status.get("error_code") or "failed",
+                   message=status.get("upload_error") or status.get("message"),
+                   finished=status.get("timestamp") or finished)  # fmt: skip

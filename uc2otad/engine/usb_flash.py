@@ -5,7 +5,9 @@ before a slave job). The steps follow the procedure document's workflow and stat
 (:mod:`.usb_status`):
 
 1. before touching anything: esptool runnable, the port chosen (CONTRACT.md §4) and openable;
-2. the master link released (closed, reconnecting suspended), the image fetched into the cache;
+2. the master link released (closed, reconnecting suspended), the image fetched into the cache; the
+   flash holds the bytes the cache verified, and esptool reads a private copy of them, so a
+   ClearFirmwareCache during the flash takes the cache's file, never the image being written;
 3. the board probed (chip from the adapter's VID:PID, else esptool's detection; flash size), the image
    rules checked (:mod:`uc2otad.methods.usb.rules`) — a refused image is never written;
 4. erase (merged images only, when asked), write with esptool's progress in 45-85;
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import stat
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +37,8 @@ from uc2otad.engine import defaults
 from uc2otad.engine.master import MasterConnection
 from uc2otad.engine.usb_status import STARTED_MESSAGE, UsbFlashStatus, UsbStep
 from uc2otad.errors import (
+    CacheError,
+    CacheFullError,
     ConfigError,
     InhibitedError,
     InvalidArgumentError,
@@ -41,6 +48,7 @@ from uc2otad.errors import (
     ReconnectError,
     Uc2otadError,
 )
+from uc2otad.firmware.cache import CachedImage
 from uc2otad.firmware.catalog import MASTER_CAN_ID
 from uc2otad.firmware.image import normalize_chip_name
 from uc2otad.firmware.names import check_file_name
@@ -82,6 +90,9 @@ MAX_PORT_LENGTH = 4096
 PORT_URL_SCHEMES = ("socket", "rfc2217")
 #: characters of a refused value quoted in an error message
 QUOTE_LENGTH = 60
+#: the private folder esptool reads the image from: made by :func:`tempfile.mkdtemp` (0700) in the
+#: daemon's temporary folder, which the unit makes its own (PrivateTmp=yes)
+FLASH_COPY_PREFIX = "uc2otad-flash-"
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,52 @@ def _is_tty(device: int) -> bool:
         return Path(os.path.realpath(subsystem, strict=True)).name == "tty"
     except OSError:
         return True
+
+
+@contextlib.asynccontextmanager
+async def private_copy(data: bytes, name: str) -> AsyncIterator[Path]:
+    """``data`` as the file ``name`` in a new private folder, removed with the folder when the block ends.
+
+    esptool reads the image it writes by path. Handing it the cache's file would let a ClearFirmwareCache
+    between the fetch and esptool's open delete the image under the flash (issue 15, D4), and a fetch of
+    the same name in that window could swap it for other bytes than those checked. A copy of the verified
+    bytes in a folder only this flash knows (0700, named by :func:`tempfile.mkdtemp`, created with
+    ``O_EXCL``) is read by esptool and nothing else. It keeps the image's name, so esptool's command line
+    in the journal still says which image it writes.
+
+    :raises CacheFullError: the disk of the temporary folder is full (``disk_full``)
+    :raises CacheError: the copy cannot be written
+    """
+    try:
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=FLASH_COPY_PREFIX))
+    except OSError as err:
+        raise _copy_error(Path(tempfile.gettempdir()), err) from err
+    try:
+        path = folder / check_file_name(name)
+        try:
+            await asyncio.to_thread(_write_new_file, path, data)
+        except OSError as err:
+            raise _copy_error(folder, err) from err
+        yield path
+    finally:
+        # a thread cannot be stopped: even if this wait is cancelled, the folder goes
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, which must not exist yet (0600: nobody else needs to read it)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "wb") as sink:
+        sink.write(data)
+
+
+def _copy_error(folder: Path, err: OSError) -> CacheError:
+    """The flash's error when the image cannot be copied for esptool: ``disk_full`` if there is no room."""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return CacheFullError(
+            f"disk full: no room for the image to flash in {folder} ({err.strerror}); free space on that disk"
+        )
+    return CacheError(f"cannot copy the image to flash into {folder}: {err.strerror}")
 
 
 class UsbFlasher:
@@ -313,20 +370,24 @@ class UsbFlasher:
         async with self._released():
             # 2. the image
             self.status.step(UsbStep.DOWNLOADING)
-            path, name = await self._obtain(options)
+            image = await self._obtain(options)
+            name = image.name
             self.status.learn(firmware=name)
             self.status.step(UsbStep.DOWNLOADED, firmware=name)
             self.status.step(UsbStep.USING_PORT, port=port)
-            # 3. the board, and the rules
-            plan = await self._plan(tool, options, ports, path, name)
-            # 4. erase and write
-            if plan.erase:
-                self.status.step(UsbStep.ERASING)
-                await tool.erase(plan.chip)
-                self.status.step(UsbStep.ERASED)
-            self.status.step(UsbStep.WRITING)
-            await tool.write(plan, path, self.status.write_progress)
-            self.status.step(UsbStep.WRITTEN)
+            # the copy esptool reads is made before the board is touched: a disk that cannot take it
+            # fails the flash before an erase, never between the erase and the write
+            async with private_copy(image.data, name) as path:
+                # 3. the board, and the rules
+                plan = await self._plan(tool, options, ports, image.data, name)
+                # 4. erase and write
+                if plan.erase:
+                    self.status.step(UsbStep.ERASING)
+                    await tool.erase(plan.chip)
+                    self.status.step(UsbStep.ERASED)
+                self.status.step(UsbStep.WRITING)
+                await tool.write(plan, path, self.status.write_progress)
+                self.status.step(UsbStep.WRITTEN)
             _LOGGER.info(
                 "usb: master written port=%s image=%s offset=0x%x size=%d version=%s",
                 port, name, plan.offset, plan.size, plan.version or "-",
@@ -355,8 +416,10 @@ class UsbFlasher:
         async with self._master.released("USB flashing of the master"):
             yield
 
-    async def _obtain(self, options: FlashOptions) -> tuple[Path, str]:
-        """The master image in the cache: named, or the catalog's (merged when erasing; CONTRACT.md §4).
+    async def _obtain(self, options: FlashOptions) -> CachedImage:
+        """The master image: named, or the catalog's (merged when erasing; CONTRACT.md §4), with the bytes
+        the cache verified. The flash uses only those bytes from here on, never the cache's file, which a
+        ClearFirmwareCache (or a later fetch replacing it) may delete or change meanwhile (issue 15, D4).
 
         :raises FirmwareError: not on the server, not downloadable
         """
@@ -365,16 +428,16 @@ class UsbFlasher:
         resolved = catalog.resolve_master(name=options.firmware, merged=options.erase_flash)
         cached = await repository.cache.fetch(repository.server, resolved.file, resolved.promise)
         _LOGGER.info("usb: master image=%s source=%s size=%d", cached.name, resolved.source, cached.size)
-        return cached.path, cached.name
+        return cached
 
     async def _plan(
-        self, tool: Esptool, options: FlashOptions, ports: list[SerialPort], path: Path, name: str
+        self, tool: Esptool, options: FlashOptions, ports: list[SerialPort], data: bytes, name: str
     ) -> FlashPlan:
         """Probe the board, then check the image against it (no byte is written before this returns).
 
+        :param data: the image's verified bytes (:meth:`_obtain`), the very bytes esptool writes
         :raises ImageRefusedError: a rule is broken, or the board is not the chip its adapter says
         """
-        data = await asyncio.to_thread(path.read_bytes)
 
         def check(board_chip: str | None, flash_size: int | None) -> FlashPlan:
             return plan_flash(

@@ -9,6 +9,7 @@ target board can boot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,14 @@ class VerifiedImage:
         return None
 
 
+@dataclass(eq=False)
+class _CatalogFetch:
+    """The one listing + manifest fetch in flight, and how many callers wait for it."""
+
+    task: asyncio.Task[Catalog]
+    waiters: int = 0
+
+
 class FirmwareRepository:
     """Server + cache + image table."""
 
@@ -62,13 +71,45 @@ class FirmwareRepository:
         self.server = server
         self.cache = cache
         self.table = table or ImageTable.standard()
+        #: the catalog fetch callers share while it runs; None when none runs
+        self._catalog_fetch: _CatalogFetch | None = None
 
     async def catalog(self) -> Catalog:
         """A fresh snapshot of the server: listing and manifest, fetched together.
 
+        Callers that arrive while a fetch runs share it, its result or its error: a burst of ScanDevices
+        and StartOTA calls costs the server one listing and one manifest request, not one pair per call.
+        Nothing is kept once the fetch ends; the next call fetches again, so the snapshot is never older
+        than the call. A cancelled caller (ScanDevices gives up on a slow server) leaves the fetch to the
+        others (it waits through :func:`asyncio.shield`); only when the last caller is gone is the fetch
+        cancelled, as a lone caller's always was, so no request runs on for nobody.
+
         :raises ListingError, ManifestError: the server's listing or manifest is unusable
         :raises DownloadError: the server cannot be reached
         """
+        fetch = self._catalog_fetch
+        if fetch is None or fetch.task.done():  # done: finished, its callbacks not run yet; fetch fresh
+            task = asyncio.get_running_loop().create_task(self._fetch_catalog(), name="catalog fetch")
+            fetch = self._catalog_fetch = _CatalogFetch(task)
+            task.add_done_callback(self._catalog_fetch_ended)
+        fetch.waiters += 1
+        try:
+            return await asyncio.shield(fetch.task)
+        finally:
+            fetch.waiters -= 1
+            if fetch.waiters == 0 and not fetch.task.done():  # the last caller was cancelled
+                self._catalog_fetch_ended(fetch.task)
+                fetch.task.cancel()
+                # as a lone caller's cancel always did (uc2otad.aio): return once the requests stopped
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fetch.task
+
+    def _catalog_fetch_ended(self, task: asyncio.Task[Catalog]) -> None:
+        """The fetch ``task`` is over (or abandoned): the next caller starts a new one."""
+        if self._catalog_fetch is not None and self._catalog_fetch.task is task:
+            self._catalog_fetch = None
+
+    async def _fetch_catalog(self) -> Catalog:
         listing, manifest = await asyncio.gather(
             self.server.list_files(max_image_size=self.cache.max_image_size), self.server.get_manifest()
         )

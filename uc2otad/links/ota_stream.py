@@ -14,7 +14,8 @@ is held (:meth:`Link.exclusive`) for the whole stream, and a stream the host aba
 host-side timeout — leaves a master that goes on swallowing until its own 30 s ``rx_timeout``. Such a
 stream restores the master before it lets go of the link (§2.2 step 6): it resets the board through
 DTR/RTS where the port has modem lines, as UC2-REST reopens with a reset; otherwise it waits for the
-master's own last word.
+master's own last word — except while the daemon stops, which must not wait 30 s: then the next start's
+recovery waits instead (:meth:`SerialHatLink.leave`).
 """
 
 from __future__ import annotations

@@ -114,6 +114,18 @@ class SerialHatLink(Link[Any]):
         #: the master may be in binary mode and the recovery has not been tried (:meth:`_connect`): at
         #: first, since another process may have left it streaming; again when a stream lost the port
         self._recovery_armed = True
+        #: the daemon is stopping (:meth:`leave`)
+        self._leaving = False
+
+    def leave(self) -> None:
+        """The daemon is stopping: a stream abandoned from now on does not wait for the master.
+
+        Waiting out the master's ``rx_timeout`` (30 s, and our margin) does not fit in the unit's
+        ``TimeoutStopSec=30s``, and nobody needs the link afterwards: so the master is reset where the
+        port has modem lines, without waiting for it to boot, and otherwise left in binary mode for the
+        next start's recovery (:meth:`_connect`), which waits it out (issue 15, D9).
+        """
+        self._leaving = True
 
     # ---- the HAT's commands ---------------------------------------------------------------------------
 
@@ -310,6 +322,8 @@ class SerialHatLink(Link[Any]):
         settings = self.hat_settings.stream
         if await self._reset_through_modem_lines():
             _LOGGER.warning("%s: %s; master reset through DTR/RTS to end its binary mode", self.name, why)
+            if self._leaving:
+                return True  # it boots while we exit; the next start's handshake waits for it
             async with asyncio.timeout(settings.reset_boot_timeout):
                 while True:
                     with contextlib.suppress(LinkTimeoutError, MasterRebootedError):
@@ -320,6 +334,13 @@ class SerialHatLink(Link[Any]):
                             send_qid=True,
                         )
                         return True
+        if self._leaving:
+            _LOGGER.warning(
+                "%s: %s while the daemon stops; the port cannot reset the master: it is left in binary "
+                "mode, which its rx_timeout ends within %ss, and the next start waits for that",
+                self.name, why, settings.master_rx_timeout,
+            )  # fmt: skip
+            return False
         wait = settings.master_rx_timeout + settings.recovery_margin
         _LOGGER.warning(
             "%s: %s; the port cannot reset the master: staying silent up to %ss until its rx_timeout ends "

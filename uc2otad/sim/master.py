@@ -237,6 +237,11 @@ class VirtualMaster:
         return self.identity.kind
 
     @property
+    def in_binary_mode(self) -> bool:
+        """A stream's "ready" switched the serial loop to firmware bytes, and no last word ended it yet."""
+        return self._stream is not None
+
+    @property
     def command_queue_length(self) -> int:
         """How many commands ``serialMSGQueue`` holds: 16 on FW-main, 5 on FW-legacy."""
         canopen = self.identity.kind is MasterKind.CANOPEN
