@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processes import terminate
+from processes import STOP_TIMEOUT, terminate
 
 #: seconds for Caddy to report "serving initial configuration"; it takes ~50 ms on a Raspberry Pi 4
 START_TIMEOUT = 20.0
@@ -59,6 +59,7 @@ class CaddyServer:
         self._log_path = workdir / "access.log"
         self._port = _free_port()
         self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
         self._stderr_lines: list[str] = []
         self._sentinel = 0
 
@@ -116,8 +117,9 @@ class CaddyServer:
             env=env,
         )
         ready = threading.Event()
-        # the process is handed over: stop() forgets self._process while this thread may still read
-        threading.Thread(target=self._read_stderr, args=(self._process, ready), daemon=True).start()
+        # the process is handed over: stop() forgets self._process once this thread has read to the end
+        self._reader = threading.Thread(target=self._read_stderr, args=(self._process, ready), daemon=True)
+        self._reader.start()
         if not ready.wait(START_TIMEOUT) or self._process.poll() is not None:
             self.stop()
             if any("address already in use" in line for line in self._stderr_lines):
@@ -136,6 +138,11 @@ class CaddyServer:
     def stop(self) -> None:
         if self._process is None:
             return
+        self._process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(STOP_TIMEOUT)
+        if self._reader is not None:  # its pipe ends with the process: read to the end before it is closed
+            self._reader.join(STOP_TIMEOUT)
         terminate(self._process)
         self._process = None
 
