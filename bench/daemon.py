@@ -1,8 +1,8 @@
 """Benchmark the idle daemon: RSS, start-to-READY, GetStatus round trip, idle wake-ups.
 
 Run: ``.venv/bin/python bench/daemon.py [--calls 2000] [--idle 10]``. It starts a private dbus-daemon
-and uc2otad exactly as the tests do (tests/buses.py, tests/daemon_process.py), measures, and prints a
-Markdown table for docs/benchmarks.md. Targets (issue 6): RSS <= 30 MB, start-to-READY <= 0.3 s,
+and uc2otad exactly as the tests do (uc2otad/sim/private_bus.py, tests/daemon_process.py), measures, and
+prints a Markdown table for docs/benchmarks.md. Targets (issue 6): RSS <= 30 MB, start-to-READY <= 0.3 s,
 GetStatus p99 <= 5 ms, no periodic wake-ups but the watchdog.
 
 The daemon runs as it would installed: from byte-compiled modules (the Debian package compiles them at
@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from buses import PrivateBus
 from daemon_process import DaemonProcess
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 from processes import terminate
 
 from uc2otad.api import names
+from uc2otad.sim.private_bus import PrivateBus
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -31,7 +31,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import espimage
-from buses import PrivateBus
 from daemon_process import DaemonProcess
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -41,6 +40,7 @@ from uc2otad.ctl.client import unwrap
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
+from uc2otad.sim.private_bus import PrivateBus
 
 NODE = 11
 IMAGE_NAME = "esp32_UC2_canopen_slave_motor_release_motX.bin"

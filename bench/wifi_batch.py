@@ -25,7 +25,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from buses import PrivateBus
 from daemon_process import DaemonProcess
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -35,6 +34,7 @@ from uc2otad.api import names
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
+from uc2otad.sim.private_bus import PrivateBus
 from uc2otad.sim.profiles import Profile
 from uc2otad.sim.timing import MasterTiming
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID

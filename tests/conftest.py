@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
-from buses import PrivateBus
 from caddy import CaddyServer
 from daemon_process import DaemonProcess
 from dbus_fast.aio import MessageBus
 from faultserver import FaultServer
+
+from uc2otad.sim.private_bus import PrivateBus
 
 
 def _require_program(name: str) -> None:

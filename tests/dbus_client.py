@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+from signals import SignalCollector, property_changes
 
 from uc2otad.api import names
 from uc2otad.ctl.client import unwrap
@@ -52,18 +52,11 @@ PROPERTY_TIMEOUT = 10.0
 
 async def wait_for_property(client: MessageBus, name: str, value: Any) -> None:
     """Return once property ``name`` has ``value``: now, or by a later PropertiesChanged signal."""
-    changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_signal(message: Message) -> None:
-        is_change = message.member == "PropertiesChanged" and not changed.done()
-        if is_change and unwrap(message.body[1]).get(name) == value:
-            changed.set_result(None)
-
-    client.add_message_handler(on_signal)
+    changes = SignalCollector(client, property_changes(name))
     try:
         await add_match(client, f"type='signal',sender='{names.BUS_NAME}',member='PropertiesChanged'")
         if (await properties(client)).get(name) == value:
             return
-        await asyncio.wait_for(changed, PROPERTY_TIMEOUT)
+        await changes.first(lambda changed: bool(changed == value), PROPERTY_TIMEOUT)
     finally:
-        client.remove_message_handler(on_signal)
+        changes.close()

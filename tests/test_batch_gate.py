@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
+from uc2otad.contract import StatusDict
 from uc2otad.engine.batch import BatchGate
 from uc2otad.engine.status import BoardStatus, Phase, SequenceError
 
@@ -44,7 +44,7 @@ async def test_a_turn_waits_while_an_inhibit_is_held_and_goes_on_after() -> None
 
 def test_a_queued_status_has_no_step_and_the_first_step_ends_it() -> None:
     """D6: a waiting batch board shows it is queued; its sequence then starts as usual."""
-    published: list[dict[str, Any]] = []
+    published: list[StatusDict] = []
     status = BoardStatus(11, "wifi", published.append, job_id="j", batch_id="b")
     status.queue()
     status.advance(Phase.COMMAND_SENT)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from uc2otad.contract import ErrorCode, StatusDict
 from uc2otad.engine.status import BoardStatus, Phase, SequenceError
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.published: list[dict[str, Any]] = []
+        self.published: list[StatusDict] = []
 
-    def __call__(self, status: dict[str, Any]) -> None:
+    def __call__(self, status: StatusDict) -> None:
         self.published.append(status)
 
     def steps(self) -> list[tuple[str, int]]:
@@ -82,7 +81,7 @@ async def test_a_failure_carries_the_documents_row_and_a_retry_starts_again() ->
     seen = Recorder()
     board = BoardStatus(11, "wifi", seen)
     board.advance(Phase.COMMAND_SENT)
-    board.fail("wifi_failed", detail="1: WiFi connection failed", wifi=True)
+    board.fail(ErrorCode.WIFI_FAILED, detail="1: WiFi connection failed", wifi=True)
     failed = seen.published[-1]
     assert (failed["status"], failed["upload_status"], failed["error_code"]) == (
         "wifi_failed",

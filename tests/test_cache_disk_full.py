@@ -14,7 +14,7 @@ import pytest
 from espimage import build_app_image
 from faultserver import FaultServer, Reply
 
-from uc2otad.engine.jobs import TRANSIENT
+from uc2otad.contract import ErrorCode, StatusDict
 from uc2otad.engine.status import BoardStatus
 from uc2otad.errors import CacheError
 from uc2otad.firmware.cache import FirmwareCache
@@ -67,12 +67,12 @@ async def test_a_full_cache_disk_is_disk_full_naming_the_folder(
         await cache.fetch(server, FirmwareFile(NAME, len(IMAGE)), promise)
     error = caught.value
     assert error.error_code == "disk_full"
-    assert "disk_full" not in TRANSIENT  # freeing space takes a person: no retry
+    assert not ErrorCode.DISK_FULL.transient  # freeing space takes a person: no retry
     assert str(cache.directory) in str(error) and "No space left" in str(error)
     leftovers = await asyncio.to_thread(lambda: [p.name for p in cache.directory.iterdir() if p.is_file()])
     assert leftovers == []
 
-    published: list[dict[str, Any]] = []
+    published: list[StatusDict] = []
     status = BoardStatus(11, "wifi", published.append)
     status.fail(error.error_code, detail=str(error))
     assert published[-1]["error_code"] == "disk_full"

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from buses import PrivateBus
 from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_client import add_match, call
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
+from signals import StatusSignals
 from test_ctl import ctl
-from test_daemon_update import FAST_UPDATE, StatusSignals, microscope_for
+from test_daemon_update import FAST_UPDATE, microscope_for
 from test_daemon_wifi import IMAGE as WIFI_IMAGE
 from test_daemon_wifi import IMAGE_NAME as WIFI_IMAGE_NAME
 from test_daemon_wifi import credentials, daemon_config, legacy_scope
@@ -42,6 +42,7 @@ from uc2otad import demo, settings
 from uc2otad.api import names
 from uc2otad.errors import ConfigError
 from uc2otad.links.capture import LinkCapture
+from uc2otad.sim.private_bus import PrivateBus
 from uc2otad.sim.replay import Exchange, Replayer, load_recording
 from uc2otad.sim.wifi_ota import DEFAULT_PASSWORD, DEFAULT_SSID
 

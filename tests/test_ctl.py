@@ -13,7 +13,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-from buses import PrivateBus
 from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_client import properties, wait_for_property
@@ -21,6 +20,7 @@ from dbus_fast.aio import MessageBus
 from espimage import build_app_image
 
 from uc2otad.ctl import schemas
+from uc2otad.sim.private_bus import PrivateBus
 
 PASSWORD = "ctl-secret-Passw0rd"
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-from buses import PrivateBus
 from conftest import DaemonFactory
 from dbus_client import call, unwrap
 from dbus_fast.aio import MessageBus
@@ -37,6 +36,7 @@ from uc2otad.ctl import schemas
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import NodeFaults, NodeSpec, default_node
+from uc2otad.sim.private_bus import PrivateBus
 
 #: the standard image names of the two motors these tests update (uc2otad/firmware/images.toml)
 IMAGE_NAMES = {

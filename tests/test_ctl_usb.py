@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import jsonschema
-from buses import PrivateBus
 from caddy import CaddyServer
 from conftest import DaemonFactory
 from test_ctl import ctl
@@ -13,6 +12,7 @@ from test_daemon_usb import APP, FAST_USB, NEW_VERSION, microscope, server  # no
 
 from uc2otad.ctl import schemas
 from uc2otad.sim.microscope import VirtualMicroscope
+from uc2otad.sim.private_bus import PrivateBus
 
 
 async def test_ports_lists_what_the_os_lists(start_daemon: DaemonFactory, private_bus: PrivateBus) -> None:

@@ -20,6 +20,7 @@ from conftest import DaemonFactory
 from dbus_client import add_match, call, unwrap
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from signals import SignalCollector
 from test_daemon_wifi import IMAGE, IMAGE_NAME, credentials, legacy_scope, start_for
 from test_link_ota_stream import IMAGE as CAN_IMAGE
 from test_link_ota_stream import NEW_VERSION, TIMING
@@ -34,30 +35,35 @@ MOTORS = (10, 11, 12)
 BATCH_TIMEOUT = 30.0
 
 
-class Observed:
+def _status_or_progress(message: Message) -> tuple[int, dict[str, Any]] | int | None:
+    if message.member == "OTAStatusChanged":
+        return (message.body[0], unwrap(message.body[1]))
+    if message.member == "PropertiesChanged" and "Progress" in message.body[1]:
+        progress: int = message.body[1]["Progress"].value
+        return progress
+    return None
+
+
+class Observed(SignalCollector[tuple[int, dict[str, Any]] | int]):
     """Every OTAStatusChanged and Progress change, in the order they came."""
 
     def __init__(self, client: MessageBus) -> None:
-        self.statuses: list[tuple[int, dict[str, Any]]] = []
-        self.progress: list[int] = []
-        self._changed = asyncio.Event()
-        client.add_message_handler(self._on_message)
+        super().__init__(client, _status_or_progress)
 
-    def _on_message(self, message: Message) -> None:
-        if message.member == "OTAStatusChanged":
-            self.statuses.append((message.body[0], unwrap(message.body[1])))
-        elif message.member == "PropertiesChanged" and "Progress" in message.body[1]:
-            self.progress.append(message.body[1]["Progress"].value)
-        else:
-            return
-        self._changed.set()
+    @property
+    def statuses(self) -> list[tuple[int, dict[str, Any]]]:
+        return [item for item in self.items if isinstance(item, tuple)]
+
+    @property
+    def progress(self) -> list[int]:
+        return [item for item in self.items if isinstance(item, int)]
 
     async def until_done(self, can_ids: list[int]) -> dict[int, dict[str, Any]]:
         """The final status of each board (after the daemon went idle: Progress back to 0)."""
-        async with asyncio.timeout(BATCH_TIMEOUT):
-            while not (self.progress and self.progress[-1] == 0 and set(can_ids) <= set(self.finals())):
-                self._changed.clear()
-                await self._changed.wait()
+        await self.wait_until(
+            lambda: bool(self.progress and self.progress[-1] == 0 and set(can_ids) <= set(self.finals())),
+            BATCH_TIMEOUT,
+        )
         return self.finals()
 
     def finals(self) -> dict[int, dict[str, Any]]:

@@ -19,6 +19,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from espimage import build_app_image
 from journal_socket import JOURNAL_SOCKET, JournalSocket
+from signals import SignalCollector, any_signal, property_changes
 
 from uc2otad.api import names
 from uc2otad.engine.store import JobRecord, StatusStore
@@ -200,10 +201,7 @@ async def test_the_password_is_kept_only_in_its_private_file(
     start_daemon: DaemonFactory, client: MessageBus
 ) -> None:
     daemon = await start_daemon()
-    signals: list[Message] = []
-    client.add_message_handler(
-        lambda message: signals.append(message) if message.message_type is MessageType.SIGNAL else None
-    )
+    signals = SignalCollector(client, any_signal)
     await add_match(client, f"type='signal',sender='{names.BUS_NAME}'")
     replies = [await call(client, "SetWiFiCredentials", "ss", "uc2-lab", PASSWORD)]
     replies.append(
@@ -238,18 +236,10 @@ async def test_an_inhibit_ends_when_its_caller_leaves_the_bus(
     assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
     assert (await properties(client))["Inhibited"] is True
 
-    released = asyncio.get_running_loop().create_future()
-
-    def on_signal(message: Message) -> None:
-        if message.member == "PropertiesChanged" and not released.done():
-            changed = unwrap(message.body[1])
-            if changed.get("Inhibited") is False:
-                released.set_result(True)
-
-    client.add_message_handler(on_signal)
+    released = SignalCollector(client, property_changes("Inhibited"))
     await add_match(client, "type='signal',member='PropertiesChanged'")
     holder.disconnect()
-    assert await asyncio.wait_for(released, 5)
+    assert await released.first(lambda inhibited: inhibited is False, 5) is False
     assert (await properties(client))["Inhibited"] is False
 
 

@@ -23,7 +23,6 @@ import socket
 import time
 from pathlib import Path
 
-from buses import PrivateBus
 from conftest import DaemonFactory
 from daemon_process import DaemonProcess
 from dbus_client import call
@@ -33,6 +32,7 @@ from processes import paused
 
 from uc2otad.api import names
 from uc2otad.engine.store import StatusStore
+from uc2otad.sim.private_bus import PrivateBus
 
 #: dbus-daemon's default limit of calls a connection may have waiting for replies (max_replies_per_connection)
 CALLS_PER_CALLER = 128

@@ -23,7 +23,7 @@ from dbus_client import add_match, call
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 from faultserver import FaultServer, Reply, Stall
-from test_daemon_update import StatusSignals
+from signals import StatusSignals
 from test_link_ota_stream import IMAGE, NODE, TIMING
 
 from uc2otad.api import names

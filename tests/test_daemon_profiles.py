@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import json
 import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,9 +33,10 @@ from caddy import CaddyServer
 from conftest import DaemonFactory
 from daemon_process import DaemonProcess
 from dbus_client import add_match, call, unwrap
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import MessageType, Variant
 from dbus_fast.aio import MessageBus
 from espimage import build_app_image
+from signals import StatusSignals
 
 from uc2otad.api import names
 from uc2otad.sim.config import SimConfig
@@ -84,8 +84,6 @@ WIFI_TIMING = MasterTiming(
 )
 #: seconds between attempts: long enough to be told apart from an immediate retry
 RETRY_DELAY = 1.0
-#: seconds an update may take to reach the status a test waits for
-SIGNAL_TIMEOUT = 30.0
 #: what the daemon logs when a transfer is all that shows (uc2otad/methods/verify.py)
 CANNOT_TELL = "this firmware cannot show which image it runs"
 
@@ -126,38 +124,6 @@ def daemon_config(*, window: float = 5.0, extra: str = "") -> str:
         f"[update]\nverify_settle = 0.5\nverify_window = {window}\nverify_interval = 0.05\n"
         f"retries = 1\nretry_delay = {RETRY_DELAY}\n[firmware]\nattempts = 1\n{extra}"
     )
-
-
-class StatusSignals:
-    """OTAStatusChanged of one board with the time each arrived; ``until`` waits for a matching one."""
-
-    def __init__(self, client: MessageBus, can_id: int) -> None:
-        self.statuses: list[dict[str, Any]] = []
-        self.arrived: list[float] = []
-        self._can_id = can_id
-        self._changed = asyncio.Event()
-        client.add_message_handler(self._on_message)
-
-    def _on_message(self, message: Message) -> None:
-        if message.member == "OTAStatusChanged" and message.body[0] == self._can_id:
-            self.statuses.append(unwrap(message.body[1]))
-            self.arrived.append(time.monotonic())
-            self._changed.set()
-
-    async def until_final(self) -> dict[str, Any]:
-        """The status that ends the job: success, or a failure without ``retry_in``."""
-        async with asyncio.timeout(SIGNAL_TIMEOUT):
-            while True:
-                for status in self.statuses:
-                    if status["upload_status"] == "success" or (
-                        status["upload_status"] == "failed" and "retry_in" not in status
-                    ):
-                        return status
-                self._changed.clear()
-                await self._changed.wait()
-
-    def of_attempt(self, attempt: int) -> list[tuple[float, dict[str, Any]]]:
-        return [(at, s) for at, s in zip(self.arrived, self.statuses, strict=True) if s["attempt"] == attempt]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from conftest import DaemonFactory
 from dbus_client import add_match, call, unwrap
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
-from test_daemon_stuck_master import Progress
+from signals import StatusSignals as Progress
 from test_daemon_update import FAST_UPDATE, microscope_for, served_image
 from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, OLD_VERSION
 

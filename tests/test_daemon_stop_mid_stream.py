@@ -17,7 +17,8 @@ from conftest import DaemonFactory
 from dbus_client import add_match, call, unwrap
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
-from test_daemon_stuck_master import MasterConnected, Progress, served_image, stalling_microscope
+from signals import StatusSignals as Progress
+from test_daemon_stuck_master import MasterConnected, served_image, stalling_microscope
 from test_daemon_update import FAST_UPDATE
 from test_link_ota_stream import NODE
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from caddy import CaddyServer
 from conftest import DaemonFactory
-from dbus_client import add_match, call, properties, unwrap
-from dbus_fast import Message, MessageType
+from dbus_client import add_match, call, properties
+from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
-from test_daemon_update import FAST_UPDATE, SIGNAL_TIMEOUT, StatusSignals
+from signals import SignalCollector, property_changes
+from signals import StatusSignals as Progress
+from test_daemon_update import FAST_UPDATE
 from test_link_ota_stream import IMAGE, NODE, TIMING
 
 from uc2otad.api import names
@@ -52,45 +53,21 @@ async def served_image(caddy: CaddyServer) -> str:
     return caddy.url
 
 
-class Progress(StatusSignals):
-    """The board's statuses, with when each arrived."""
-
-    async def until_uploading(self, percent: int) -> dict[str, Any]:
-        """The first "uploading" status at ``percent`` or more."""
-        async with asyncio.timeout(SIGNAL_TIMEOUT):
-            while True:
-                for status in self.statuses:
-                    assert status["upload_status"] != "failed", status
-                    if status["upload_status"] == "uploading" and status["upload_progress"] >= percent:
-                        return status
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class MasterConnected:
+class MasterConnected(SignalCollector[bool]):
     """When each value of the MasterConnected property arrived, on the test's clock."""
 
     def __init__(self, client: MessageBus) -> None:
-        self.changes: list[tuple[float, bool]] = []
-        self._changed = asyncio.Event()
-        client.add_message_handler(self._on_message)
+        super().__init__(client, property_changes("MasterConnected"))
 
-    def _on_message(self, message: Message) -> None:
-        if message.member == "PropertiesChanged" and message.path == names.OBJECT_PATH:
-            changed = unwrap(message.body[1])
-            if "MasterConnected" in changed:
-                self.changes.append((asyncio.get_running_loop().time(), changed["MasterConnected"]))
-                self._changed.set()
+    @property
+    def changes(self) -> list[tuple[float, bool]]:
+        return self.timed()
 
     async def until_connected(self, since: float) -> float:
         """The time MasterConnected became True after ``since``."""
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            while True:
-                for at, value in self.changes:
-                    if value and at >= since:
-                        return at
-                self._changed.clear()
-                await self._changed.wait()
+        return await self.wait_for(
+            lambda: next((at for at, value in self.changes if value and at >= since), None), CONNECT_TIMEOUT
+        )
 
 
 def stalling_microscope(tmp_path: Path, rx_timeout: float) -> SimConfig:

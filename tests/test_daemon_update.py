@@ -19,8 +19,9 @@ import pytest
 from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_client import add_match, call, unwrap, wait_for_property
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import MessageType, Variant
 from dbus_fast.aio import MessageBus
+from signals import SIGNAL_TIMEOUT, StatusSignals
 from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, OLD_VERSION, TIMING
 
 from uc2otad.api import names
@@ -33,36 +34,6 @@ FAST_UPDATE = (
     "[update]\nverify_settle = 0.05\nverify_window = 5.0\nverify_interval = 0.05\nretries = 0\n"
     "[firmware]\nattempts = 1\n"
 )
-
-
-#: seconds an update may take to reach the status a test waits for
-SIGNAL_TIMEOUT = 30.0
-
-
-class StatusSignals:
-    """OTAStatusChanged of one board, as they arrive; ``until`` waits for a status that matches."""
-
-    def __init__(self, client: MessageBus, can_id: int) -> None:
-        self.statuses: list[dict[str, Any]] = []
-        self._can_id = can_id
-        self._changed = asyncio.Event()
-        client.add_message_handler(self._on_message)
-
-    def _on_message(self, message: Message) -> None:
-        if message.member == "OTAStatusChanged" and message.body[0] == self._can_id:
-            self.statuses.append(unwrap(message.body[1]))
-            self._changed.set()
-
-    async def until(self, upload_status: str, *, attempt: int = 1) -> dict[str, Any]:
-        """The first status of ``upload_status``, or the first failure, from ``attempt`` on (a failed
-        earlier attempt may be retried)."""
-        async with asyncio.timeout(SIGNAL_TIMEOUT):
-            while True:
-                for status in self.statuses:
-                    if status["upload_status"] in (upload_status, "failed") and status["attempt"] >= attempt:
-                        return status
-                self._changed.clear()
-                await self._changed.wait()
 
 
 async def microscope_for(tmp_path: Path, **faults: Any) -> VirtualMicroscope:

@@ -22,6 +22,7 @@ from dbus_client import add_match, call, unwrap
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from serial.tools.list_ports import comports
+from signals import SignalCollector
 from unprivileged import NobodyDaemon, can_switch_user
 from usbflash import FlashSignals, flash_master
 
@@ -121,23 +122,24 @@ async def unprivileged_client(
 
 
 async def _start_and_wait_for_name(bus: MessageBus, nobody: NobodyDaemon) -> None:
-    owned = asyncio.Event()
-
-    def on_message(message: Message) -> None:
-        if message.member == "NameOwnerChanged" and message.body[0] == names.BUS_NAME and message.body[2]:
-            owned.set()
-
-    bus.add_message_handler(on_message)
+    owners = SignalCollector(bus, _new_owner)
     await add_match(bus, f"type='signal',member='NameOwnerChanged',arg0='{names.BUS_NAME}'")
     await asyncio.to_thread(nobody.start_daemon)
     try:
-        async with asyncio.timeout(NAME_TIMEOUT):
-            await owned.wait()
+        await owners.first(lambda _owner: True, NAME_TIMEOUT)
     except TimeoutError:
         log = await asyncio.to_thread(nobody.log)
         raise AssertionError(f"uc2otad as nobody did not take its name; log:\n{log}") from None
     finally:
-        bus.remove_message_handler(on_message)
+        owners.close()
+
+
+def _new_owner(message: Message) -> str | None:
+    """The new owner of the daemon's bus name, from NameOwnerChanged (None when it was released)."""
+    if message.member == "NameOwnerChanged" and message.body[0] == names.BUS_NAME and message.body[2]:
+        owner: str = message.body[2]
+        return owner
+    return None
 
 
 async def test_port_access_denied_for_an_unprivileged_daemon(

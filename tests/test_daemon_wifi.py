@@ -22,7 +22,7 @@ from dbus_client import add_match, call, unwrap
 from dbus_fast import MessageType, Variant
 from dbus_fast.aio import MessageBus
 from espimage import build_app_image
-from test_daemon_update import StatusSignals
+from signals import StatusSignals
 
 from uc2otad.api import names
 from uc2otad.engine.status import ERROR_ROWS

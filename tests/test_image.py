@@ -27,9 +27,9 @@ from uc2otad.errors import (
     NotAnAppImageError,
     WrongChipError,
 )
-from uc2otad.firmware.image import (
-    _CHIP_SPECS,
-    CHIPS,
+from uc2otad.firmware.chips import CHIP_SPECS as _CHIP_SPECS
+from uc2otad.firmware.chips import CHIPS
+from uc2otad.firmware.esp_image import (
     OTA_PARTITION_SIZE,
     ImageInfo,
     ImageKind,

@@ -64,10 +64,7 @@ def steps(observed: Observed) -> list[tuple[int, str | None]]:
 
 async def until(observed: Observed, done: Callable[[], bool]) -> None:
     """Until ``done()`` holds, checked at each signal."""
-    async with asyncio.timeout(BATCH_TIMEOUT):
-        while not done():
-            observed._changed.clear()
-            await observed._changed.wait()
+    await observed.wait_until(done, BATCH_TIMEOUT)
 
 
 async def status_of(client: MessageBus, can_id: int) -> dict[str, Any]:

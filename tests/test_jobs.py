@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from uc2otad.contract import StatusDict
 from uc2otad.engine.jobs import JobManager
 from uc2otad.engine.status import Phase
 from uc2otad.engine.store import StatusStore
@@ -26,6 +26,7 @@ from uc2otad.errors import (
     UploadTimeoutError,
 )
 from uc2otad.methods.base import Job
+from uc2otad.retry import RetryPolicy
 
 
 class ScriptedMethod:
@@ -62,9 +63,9 @@ class ScriptedMethod:
 
 class Published:
     def __init__(self) -> None:
-        self.statuses: list[dict[str, Any]] = []
+        self.statuses: list[StatusDict] = []
 
-    def __call__(self, can_id: int, status: dict[str, Any]) -> None:
+    def __call__(self, can_id: int, status: StatusDict) -> None:
         self.statuses.append(status)
 
 
@@ -77,7 +78,8 @@ async def store(tmp_path: Path) -> AsyncIterator[StatusStore]:
 
 
 def manager(store: StatusStore, published: Published, *, inhibited: bool = False) -> JobManager:
-    return JobManager(store, published, inhibited=lambda: inhibited, retries=2, retry_delay=0)
+    retry = RetryPolicy(attempts=3, first_delay=0, factor=1)
+    return JobManager(store, published, inhibited=lambda: inhibited, retry=retry)
 
 
 async def test_a_job_runs_its_sequence_and_is_recorded(store: StatusStore) -> None:

@@ -18,7 +18,8 @@ import pytest
 from espimage import build_app_image
 
 from uc2otad.errors import LinkBusyError, LinkTimeoutError, MasterError, MasterUnsupportedError
-from uc2otad.links.ota_stream import StreamResult, StreamSettings
+from uc2otad.links.ota_stream import StreamSettings
+from uc2otad.links.protocol import StreamResult
 from uc2otad.links.serial_hat import HatSettings, SerialHatLink
 from uc2otad.sim.app_desc import module_build
 from uc2otad.sim.config import SimConfig

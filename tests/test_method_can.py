@@ -18,6 +18,7 @@ import pytest
 from caddy import CaddyServer
 from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, TIMING, linked, microscope
 
+from uc2otad.contract import StatusDict
 from uc2otad.engine.jobs import JobContext
 from uc2otad.engine.status import BoardStatus
 from uc2otad.errors import BoardNotBackError
@@ -37,9 +38,9 @@ QUICK_VERIFY = VerifySettings(settle=0.05, window=3.0, interval=0.05)
 
 class Recorder:
     def __init__(self) -> None:
-        self.published: list[dict[str, Any]] = []
+        self.published: list[StatusDict] = []
 
-    def __call__(self, status: dict[str, Any]) -> None:
+    def __call__(self, status: StatusDict) -> None:
         self.published.append(status)
 
 
@@ -108,7 +109,7 @@ async def test_a_board_that_does_not_come_back_is_board_not_back(
 ) -> None:
     async with microscope(tmp_path) as scope, linked(scope) as link:
 
-        def unplug_at_verifying(status: dict[str, Any]) -> None:
+        def unplug_at_verifying(status: StatusDict) -> None:
             if status["upload_status"] == "verifying":  # the board reboots, and never returns to the bus
                 scope.master.set_node_online(NODE, False)
 

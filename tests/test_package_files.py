@@ -20,6 +20,7 @@ from dbus_fast._private.unmarshaller import Unmarshaller
 
 from uc2otad import settings
 from uc2otad.api.compat_bus import Utf8SizedStr, utf8_sized
+from uc2otad.compose import with_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "dbus" / "org.openuc2.OTA1.conf"
@@ -73,7 +74,7 @@ def test_default_config_lists_every_setting_with_its_default() -> None:
     values = settings.flatten(tomllib.loads(uncommented))
     images = values.pop("catalog.images")
     assert images == {"11": ["lab_motor_x.bin"]}  # the one example that is not a default
-    assert settings.apply(settings.Settings(), values) == settings.Settings()
+    assert settings.apply(settings.Settings(), values) == with_defaults(settings.Settings())
     assert set(values) | {"catalog.images"} == set(settings._PARSERS)
 
 

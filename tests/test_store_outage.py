@@ -23,14 +23,17 @@ from conftest import DaemonFactory
 from dbus_client import add_match, call, properties, unwrap, wait_for_property
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
-from test_daemon_update import FAST_UPDATE, SIGNAL_TIMEOUT, StatusSignals, served_image  # noqa: F401 - a fixture
+from signals import SIGNAL_TIMEOUT, StatusSignals
+from test_daemon_update import FAST_UPDATE, served_image  # noqa: F401 - a fixture
 from test_jobs import ScriptedMethod
 from test_link_ota_stream import NODE, TIMING
 
 from uc2otad.api import names
+from uc2otad.contract import StatusDict
 from uc2otad.engine.jobs import JobManager
 from uc2otad.engine.store import BUSY_TIMEOUT, JobRecord, StatusStore
 from uc2otad.errors import StoreError
+from uc2otad.retry import RetryPolicy
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import NodeFaults, default_node
@@ -297,9 +300,9 @@ async def test_d3_a_history_row_that_cannot_be_written_fails_the_job_before_the_
 ) -> None:
     """D3 (issue 14): the history row comes before the transfer; a file that stays unwritable fails the
     job cleanly (nothing sent to the board, Busy clears), and the row follows once the file is back."""
-    statuses: list[dict[str, Any]] = []
+    statuses: list[StatusDict] = []
     jobs = JobManager(store, lambda _, status: statuses.append(status), inhibited=lambda: False,
-                      retries=0, retry_delay=0, history_timeout=0.3)  # fmt: skip
+                      retry=RetryPolicy(attempts=1), history_timeout=0.3)  # fmt: skip
     method = ScriptedMethod()
     async with locked(store.path):
         context = jobs.start(11, method, {})

@@ -18,22 +18,9 @@ from pathlib import Path
 
 from processes import terminate
 
-NOBODY = "nobody"
+from uc2otad.sim.private_bus import PrivateBus, session_config
 
-_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
+NOBODY = "nobody"
 
 
 def can_switch_user() -> bool:
@@ -49,19 +36,12 @@ class NobodyDaemon:
         self.folder = Path(tempfile.mkdtemp(prefix="uc2otad-nobody-"))
         self.folder.chmod(0o755)
         self.address = ""
-        self._bus: subprocess.Popen[str] | None = None
+        self._bus = PrivateBus(self.folder, config=session_config(self.folder / "bus.socket", any_user=True))
         self._daemon: subprocess.Popen[bytes] | None = None
         self.log_path = self.folder / "daemon.log"
 
     def start_bus(self) -> str:
-        config = self.folder / "bus.conf"
-        config.write_text(_CONFIG.format(socket=self.folder / "bus.socket"))
-        self._bus = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self._bus.stdout is not None
-        self.address = self._bus.stdout.readline().strip()
+        self.address = self._bus.start()
         return self.address
 
     def start_daemon(self, *args: str) -> None:
@@ -98,8 +78,8 @@ class NobodyDaemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def close(self) -> None:
-        for process in (self._daemon, self._bus):
-            if process is not None:
-                terminate(process)
-        self._daemon = self._bus = None
+        if self._daemon is not None:
+            terminate(self._daemon)
+        self._daemon = None
+        self._bus.stop()
         shutil.rmtree(self.folder, ignore_errors=True)

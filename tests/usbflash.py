@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from dbus_client import add_match, call, unwrap
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from signals import SignalCollector
 
 from uc2otad.api import names
 
@@ -28,14 +28,22 @@ TABLE = {
 }
 
 
-class FlashSignals:
+def _flash_status(message: Message) -> dict[str, Any] | None:
+    if message.member == "USBFlashStatusChanged":
+        status: dict[str, Any] = unwrap(message.body[0])
+        return status
+    return None
+
+
+class FlashSignals(SignalCollector[dict[str, Any]]):
     """USBFlashStatusChanged as it arrives; :meth:`until` waits for a status that matches."""
 
     def __init__(self, client: MessageBus) -> None:
-        self.statuses: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-        self._client = client
-        client.add_message_handler(self._on_message)
+        super().__init__(client, _flash_status)
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        return self.items
 
     async def subscribe(self) -> FlashSignals:
         await add_match(
@@ -43,20 +51,12 @@ class FlashSignals:
         )
         return self
 
-    def _on_message(self, message: Message) -> None:
-        if message.member == "USBFlashStatusChanged":
-            self.statuses.append(unwrap(message.body[0]))
-            self._changed.set()
-
     async def until(self, *statuses: str, message: str | None = None) -> dict[str, Any]:
         """The first status whose ``status`` is one of ``statuses`` (and ``message``, if given)."""
-        async with asyncio.timeout(FLASH_TIMEOUT):
-            while True:
-                for status in self.statuses:
-                    if status["status"] in statuses and message in (None, status["message"]):
-                        return status
-                self._changed.clear()
-                await self._changed.wait()
+        return await self.first(
+            lambda status: status["status"] in statuses and message in (None, status["message"]),
+            FLASH_TIMEOUT,
+        )
 
     async def final(self) -> dict[str, Any]:
         return await self.until("success", "failed")

@@ -1,5 +1,7 @@
 """``uc2otad``: the daemon's entry point — settings, logging, engine, D-Bus, systemd notification.
 
+The settings become the engine through the composition root, :mod:`uc2otad.compose`.
+
 Start-up order matters to clients: the status store is opened and reconciled first, then the bus name
 is requested, and only once it is owned does systemd hear READY=1, so a client started "after" uc2otad
 can call it at once. SIGTERM or SIGINT sends STOPPING=1, leaves the bus and closes the store (exit 0).
@@ -23,7 +25,7 @@ from dbus_fast import BusType
 
 from uc2otad import __version__, settings
 from uc2otad.api.service import BusNameTakenError, DBusService
-from uc2otad.engine.core import Engine
+from uc2otad.compose import build_engine
 from uc2otad.engine.store import JobRecord
 from uc2otad.errors import ConfigError, Uc2otadError
 from uc2otad.logs import setup_logging
@@ -87,7 +89,7 @@ async def run(config: settings.Settings, persisted: dict[str, object], bus_type:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    engine = Engine(config, persisted)
+    engine = build_engine(config, persisted)
     service = DBusService(engine, bus_type)
     try:
         interrupted = await engine.start()

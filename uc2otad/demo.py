@@ -38,6 +38,7 @@ from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.manifest import MANIFEST_NAME
 from uc2otad.sim.app_image import build_app_image
 from uc2otad.sim.nodes import DEFAULT_NODE_IDS, DEFAULT_VERSION
+from uc2otad.sim.private_bus import PrivateBus, PrivateBusError
 from uc2otad.sim.profiles import Profile, rodata_for
 
 #: the version the demo's firmware folder offers; the virtual boards start on DEFAULT_VERSION
@@ -70,19 +71,6 @@ verify_settle = 0.3
 verify_interval = 0.2
 verify_window = 15.0
 retry_delay = 1.0
-"""
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
 """
 
 
@@ -152,16 +140,18 @@ def _run(workdir: Path, stack: ExitStack, *, keep_running: bool, capture: Path |
 
 @contextmanager
 def _private_bus(workdir: Path) -> Iterator[str]:
-    """dbus-daemon on a socket in ``workdir``; yields its address."""
-    program = shutil.which("dbus-daemon")
-    if program is None:
+    """dbus-daemon on a socket in ``workdir`` (the tests' launcher); yields its address."""
+    if shutil.which("dbus-daemon") is None:
         raise DemoError("dbus-daemon is not installed (scripts/bootstrap installs it)")
-    config = workdir / "bus.conf"
-    config.write_text(_BUS_CONFIG.format(socket=workdir / "bus.socket"))
-    with _started([program, f"--config-file={config}", "--nofork", "--print-address"], workdir / "bus.log",
-                  stdout=subprocess.PIPE) as process:  # fmt: skip
-        address = _first_line(process, "dbus-daemon")
+    bus = PrivateBus(workdir, log=workdir / "bus.log")
+    try:
+        address = bus.start()
+    except PrivateBusError as err:
+        raise DemoError(f"{err}; see {workdir / 'bus.log'}") from err
+    try:
         yield address
+    finally:
+        bus.stop()
 
 
 @contextmanager

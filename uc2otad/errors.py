@@ -73,12 +73,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from uc2otad.contract import ErrorCode
+
 
 class Uc2otadError(Exception):
     """Root of every error uc2otad raises on purpose."""
 
-    #: the status dict's ``error_code`` for a job that ends with this error; "" when none applies
-    error_code: ClassVar[str] = ""
+    #: the status dict's ``error_code`` for a job that ends with this error; None when none applies
+    error_code: ClassVar[ErrorCode | None] = None
 
 
 class ConfigError(Uc2otadError, ValueError):
@@ -125,13 +127,13 @@ class BoardError(Uc2otadError):
 class BoardNotBackError(BoardError):
     """The board did not answer a scan within the reboot window."""
 
-    error_code = "board_not_back"
+    error_code = ErrorCode.BOARD_NOT_BACK
 
 
 class VerificationError(BoardError):
     """The board answers, but runs another image than the one sent."""
 
-    error_code = "verification_failed"
+    error_code = ErrorCode.VERIFICATION_FAILED
 
 
 class StoreError(Uc2otadError):
@@ -150,7 +152,7 @@ class CacheFullError(CacheError):
     """The disk of the cache folder is full (ENOSPC, or EDQUOT for a quota): nothing was kept. Not
     retried: space comes back only when someone frees it. The message names the folder."""
 
-    error_code = "disk_full"
+    error_code = ErrorCode.DISK_FULL
 
 
 class FirmwareError(Uc2otadError):
@@ -165,25 +167,25 @@ class FirmwareError(Uc2otadError):
 class UnsafeFileNameError(FirmwareError, ValueError):
     """A firmware name that is not a plain file name (path separators, ``..``, control characters…)."""
 
-    error_code = "firmware_not_found"
+    error_code = ErrorCode.FIRMWARE_NOT_FOUND
 
 
 class FirmwareNotFoundError(FirmwareError):
     """No image for a board, or the server answered 404 (or another 4xx) for it."""
 
-    error_code = "firmware_not_found"
+    error_code = ErrorCode.FIRMWARE_NOT_FOUND
 
 
 class ListingError(FirmwareError):
     """The firmware server did not answer its listing with a JSON list of files."""
 
-    error_code = "firmware_not_found"
+    error_code = ErrorCode.FIRMWARE_NOT_FOUND
 
 
 class ManifestError(FirmwareError):
     """The server's ``version.json`` exists but cannot be trusted as written."""
 
-    error_code = "download_corrupt"
+    error_code = ErrorCode.DOWNLOAD_CORRUPT
 
 
 class DownloadError(FirmwareError):
@@ -193,25 +195,25 @@ class DownloadError(FirmwareError):
 class DownloadTimeoutError(DownloadError, TimeoutError):
     """The server did not send a byte within the read timeout, or the transfer outlasted its limit."""
 
-    error_code = "download_timeout"
+    error_code = ErrorCode.DOWNLOAD_TIMEOUT
 
 
 class ServerUnreachableError(DownloadError):
     """Connection refused or reset, or a 5xx answer, on every allowed attempt."""
 
-    error_code = "download_timeout"
+    error_code = ErrorCode.DOWNLOAD_TIMEOUT
 
 
 class DownloadCorruptError(DownloadError):
     """The bytes received are not the bytes announced: truncated, too large, or size/sha256 mismatch."""
 
-    error_code = "download_corrupt"
+    error_code = ErrorCode.DOWNLOAD_CORRUPT
 
 
 class ImageError(FirmwareError):
     """The file is not an ESP image that the target board can run."""
 
-    error_code = "download_corrupt"
+    error_code = ErrorCode.DOWNLOAD_CORRUPT
 
 
 class ImageFormatError(ImageError):
@@ -244,7 +246,7 @@ class UploadError(Uc2otadError):
 class UploadConnectionError(UploadError):
     """No answer to the invitation, no call-back, the board closed the connection: espota code 1."""
 
-    error_code = "upload_connection_failed"
+    error_code = ErrorCode.UPLOAD_CONNECTION_FAILED
 
 
 class UploadAuthError(UploadConnectionError):
@@ -254,19 +256,19 @@ class UploadAuthError(UploadConnectionError):
 class UploadTimeoutError(UploadError, TimeoutError):
     """The transfer made no progress within the chunk timeout, or outlasted its overall limit: code 2."""
 
-    error_code = "upload_timeout"
+    error_code = ErrorCode.UPLOAD_TIMEOUT
 
 
 class UploadVerificationError(UploadError):
     """The board received the image but reports an error ("MD5 Check Failed", a flash error): code 3."""
 
-    error_code = "verification_failed"
+    error_code = ErrorCode.VERIFICATION_FAILED
 
 
 class LinkError(Uc2otadError):
     """The link to the master CAN HAT cannot carry a command; a job that needed it ends ``link_lost``."""
 
-    error_code = "link_lost"
+    error_code: ClassVar[ErrorCode | None] = ErrorCode.LINK_LOST
 
     def __init__(self, message: str, *, port: str | None = None) -> None:
         super().__init__(message)
@@ -317,13 +319,13 @@ class EventOverflowError(LinkError):
 class LinkBusyError(LinkError):
     """Another task holds the link (a firmware stream puts the master in binary mode)."""
 
-    error_code = ""
+    error_code = None
 
 
 class MasterError(LinkError):
     """The master answered a command with an error (``{"status":"error"}``, ``{"ota_status":"error"}``)."""
 
-    error_code = "master_error"
+    error_code = ErrorCode.MASTER_ERROR
 
     def __init__(
         self,
@@ -352,7 +354,7 @@ class WifiJoinError(Uc2otadError):
     """The slave answered the WiFi OTA command with a failure: status 1 "WiFi connection failed" (wrong
     credentials, out of range) or 2 "OTA start failed"; ``status_msg`` is the slave's own text."""
 
-    error_code = "wifi_failed"
+    error_code = ErrorCode.WIFI_FAILED
 
     def __init__(self, message: str, *, can_id: int, status: int | None = None, status_msg: str = "") -> None:
         super().__init__(message)
@@ -382,40 +384,40 @@ class UsbFlashError(Uc2otadError):
 class NoSerialPortError(UsbFlashError):
     """No port was given and none was found by the HAT link, the ``match`` text or a known VID:PID."""
 
-    error_code = "no_serial_ports"
+    error_code = ErrorCode.NO_SERIAL_PORTS
     row = "No serial ports found"
 
 
 class PortAccessError(UsbFlashError, PermissionError):
     """The port exists but this process may not open it (not in the ``dialout`` group)."""
 
-    error_code = "port_access_denied"
+    error_code = ErrorCode.PORT_ACCESS_DENIED
     row = "Port access denied"
 
 
 class EsptoolMissingError(UsbFlashError):
     """esptool cannot be run: the module is not installed, or the configured program is missing."""
 
-    error_code = "esptool_not_available"
+    error_code = ErrorCode.ESPTOOL_NOT_AVAILABLE
     row = "esptool not available"
 
 
 class FlashWriteError(UsbFlashError):
     """esptool failed on the board: lost connection, MD5 mismatch, no answer, a timeout."""
 
-    error_code = "write_failed"
+    error_code = ErrorCode.WRITE_FAILED
     row = "Write failed"
 
 
 class ReconnectError(UsbFlashError):
     """After the flash the master did not answer ``/state_get`` in time, or runs another image."""
 
-    error_code = "reconnect_failed"
+    error_code = ErrorCode.RECONNECT_FAILED
     row = "Reconnect failed"
 
 
 class ImageRefusedError(UsbFlashError):
     """The image breaks a USB rule (CONTRACT.md §4): offset, erase, chip or size; nothing was written."""
 
-    error_code = "image_refused"
+    error_code = ErrorCode.IMAGE_REFUSED
     row = "Firmware refused"

@@ -1,4 +1,5 @@
-"""The one place secrets live: the WiFi password, in a 0600 file in the state directory.
+"""The one place secrets live: the WiFi password, in a 0600 file in the state directory; and the checks
+of the WiFi credentials the firmware can carry (SSID and password), used by the settings and the engine.
 
 The password is sent to a slave over CAN for the WiFi method, so the daemon must keep it; it is never
 logged, never returned over D-Bus, never put in argv or in the SQLite database. The file is created
@@ -17,6 +18,18 @@ PASSWORD_FILE = "wifi-password"
 #: WPA2 passphrases are 8..63 characters; empty means an open network (CONTRACT.md §1)
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 63
+#: the firmware struct holds 32 bytes with the terminating NUL (CONTRACT.md §1 SetWiFiCredentials)
+MAX_SSID_BYTES = 31
+
+
+def check_ssid(ssid: str, *, key: str = "wifi.ssid") -> str:
+    """:raises ConfigError: empty, longer than 31 bytes in UTF-8, or with control characters"""
+    size = len(ssid.encode())
+    if not 1 <= size <= MAX_SSID_BYTES:
+        raise ConfigError(key, f"must be 1 to {MAX_SSID_BYTES} bytes, not {size}")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in ssid):
+        raise ConfigError(key, "must not contain control characters")
+    return ssid
 
 
 def check_password(password: str) -> str:

@@ -8,6 +8,12 @@ Every value is checked when it is read, and a bad one raises :class:`ConfigError
 (``firmware.server``), which ``uc2otad`` turns into exit 2. The WiFi password is not a setting: it
 lives only in a 0600 file in the state directory (:mod:`uc2otad.secrets`).
 
+This module only reads and checks; it imports nothing from the rooms that use the values (engine,
+methods, links). A value those rooms own the default of is ``None`` here until a source gives it:
+"the owner's default", which lives once, as a named constant in the module that uses it. The
+composition root (:mod:`uc2otad.compose`) turns these settings into each room's typed settings, and
+:func:`uc2otad.compose.with_defaults` shows them with every default filled in.
+
 Config file layout (every key optional)::
 
     [serial]   port = "/dev/serial/by-id/…"   baud = 921600   ownership = "exclusive" | "on-demand"
@@ -35,8 +41,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from uc2otad.engine.defaults import REBOOT_WAIT, RECONNECT_WINDOW
-from uc2otad.engine.jobs import RETRIES, RETRY_DELAY
 from uc2otad.errors import ConfigError
 from uc2otad.firmware.cache import default_cache_dir
 from uc2otad.firmware.catalog import ImageTable
@@ -47,12 +51,8 @@ from uc2otad.firmware.server import (
     TRANSFER_TIMEOUT,
     normalize_server_url,
 )
-from uc2otad.links.ota_stream import MASTER_RX_TIMEOUT
-from uc2otad.links.ota_wifi import WIFI_EVENT_TIMEOUT
-from uc2otad.links.reconnect import RECONNECT_POLICY
-from uc2otad.links.serial_hat import HANDSHAKE_TIMEOUT
-from uc2otad.methods.defaults import ARDUINO_OTA_PORT, CHUNK_TIMEOUT, ESPTOOL_TIMEOUT, INVITE_TIMEOUT
-from uc2otad.methods.verify import INTERVAL, SETTLE, WINDOW
+from uc2otad.secrets import MAX_SSID_BYTES as MAX_SSID_BYTES  # noqa: PLC0414 - api/arguments.py reads it here
+from uc2otad.secrets import check_ssid
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,10 +60,6 @@ SYSTEM_CONFIG_FILE = Path("/etc/uc2otad/uc2otad.toml")
 SYSTEM_STATE_DIR = Path("/var/lib/uc2otad")
 #: the D-Bus-set values, beside the SQLite database
 PERSISTED_FILE = "settings.json"
-#: current CANopen masters (UC2_canopen_master); older CAN HAT builds run at 115200 (uc2-stack.md §2.1)
-DEFAULT_BAUD = 921600
-#: the firmware struct holds 32 bytes with the terminating NUL (CONTRACT.md §1 SetWiFiCredentials)
-MAX_SSID_BYTES = 31
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 PortOwnership = Literal["exclusive", "on-demand"]
@@ -79,47 +75,68 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting, resolved. Field names are the config keys with ``.`` written as ``_``."""
+    """Every setting, resolved. Field names are the config keys with ``.`` written as ``_``.
+
+    ``None``: no source gave the value, and the room that uses it applies its own default (the
+    constant named in the comment; :mod:`uc2otad.compose` builds the room's settings).
+    """
 
     serial_port: str = ""
-    serial_baud: int = DEFAULT_BAUD
+    #: None: ``links.serial_hat.DEFAULT_BAUD`` (921600, current masters)
+    serial_baud: int | None = None
     serial_ownership: PortOwnership = "exclusive"
     #: a JSON-lines file that records the link's traffic (uc2otad/links/capture.py); None: no capture
     serial_capture: Path | None = None
-    #: seconds for the master's answer to ``/state_get`` when the port opens (per baud rate tried)
-    serial_handshake_timeout: float = HANDSHAKE_TIMEOUT
-    #: the longest pause between tries to (re)open the port (the first is 0.5 s, then doubling)
-    serial_reconnect_max_delay: float = RECONNECT_POLICY.max_delay
-    #: the master's ``rx_timeout``: how long it swallows bytes as firmware after a stream stops
-    serial_master_rx_timeout: float = MASTER_RX_TIMEOUT
+    #: seconds for the master's answer to ``/state_get`` when the port opens (per baud rate tried);
+    #: None: ``links.serial_hat.HANDSHAKE_TIMEOUT``
+    serial_handshake_timeout: float | None = None
+    #: the longest pause between tries to (re)open the port (the first is 0.5 s, then doubling);
+    #: None: ``links.reconnect.RECONNECT_POLICY.max_delay``
+    serial_reconnect_max_delay: float | None = None
+    #: the master's ``rx_timeout``: how long it swallows bytes as firmware after a stream stops;
+    #: None: ``links.ota_stream.MASTER_RX_TIMEOUT``
+    serial_master_rx_timeout: float | None = None
     firmware_server: str = DEFAULT_SERVER_URL
     firmware_cache_dir: Path = field(default_factory=default_cache_dir)
     firmware_connect_timeout: float = CONNECT_TIMEOUT
     firmware_read_timeout: float = READ_TIMEOUT
     firmware_transfer_timeout: float = TRANSFER_TIMEOUT
-    firmware_attempts: int = 3
+    #: None: ``retry.RetryPolicy.attempts``
+    firmware_attempts: int | None = None
     catalog_images: Mapping[str, Any] = field(default_factory=dict)
     wifi_ssid: str = ""
-    wifi_ota_port: int = ARDUINO_OTA_PORT
-    wifi_join_timeout: float = WIFI_EVENT_TIMEOUT
-    wifi_invite_timeout: float = INVITE_TIMEOUT
-    wifi_chunk_timeout: float = CHUNK_TIMEOUT
+    #: None: ``methods.arduino_ota.uploader.ARDUINO_OTA_PORT``
+    wifi_ota_port: int | None = None
+    #: None: ``links.ota_wifi.WIFI_EVENT_TIMEOUT``
+    wifi_join_timeout: float | None = None
+    #: None: ``methods.arduino_ota.uploader.INVITE_TIMEOUT``
+    wifi_invite_timeout: float | None = None
+    #: None: ``methods.arduino_ota.uploader.CHUNK_TIMEOUT``
+    wifi_chunk_timeout: float | None = None
     #: the address the upload listens on for the board's call-back ("" = every IPv4 address)
     wifi_host_ip: str = ""
     #: its TCP port (0 = a free one); fix it when a firewall must let the boards in
     wifi_host_port: int = 0
     daemon_state_dir: Path = field(default_factory=default_state_dir)
     daemon_log_level: str = "info"
-    update_retries: int = RETRIES
-    update_retry_delay: float = RETRY_DELAY
-    update_verify_settle: float = SETTLE
-    update_verify_window: float = WINDOW
-    update_verify_interval: float = INTERVAL
+    #: None: ``engine.jobs.RETRIES``
+    update_retries: int | None = None
+    #: None: ``engine.jobs.RETRY_DELAY``
+    update_retry_delay: float | None = None
+    #: None: ``methods.verify.SETTLE``
+    update_verify_settle: float | None = None
+    #: None: ``methods.verify.WINDOW``
+    update_verify_window: float | None = None
+    #: None: ``methods.verify.INTERVAL``
+    update_verify_interval: float | None = None
     #: an esptool program for flashing the master over USB; "" runs ``python -m esptool``
     usb_esptool: str = ""
-    usb_esptool_timeout: float = ESPTOOL_TIMEOUT
-    usb_reboot_wait: float = REBOOT_WAIT
-    usb_reconnect_window: float = RECONNECT_WINDOW
+    #: None: ``methods.usb.esptool.ESPTOOL_TIMEOUT``
+    usb_esptool_timeout: float | None = None
+    #: None: ``engine.usb_flash.REBOOT_WAIT``
+    usb_reboot_wait: float | None = None
+    #: None: ``engine.usb_flash.RECONNECT_WINDOW``
+    usb_reconnect_window: float | None = None
 
     def image_table(self) -> ImageTable:
         """The standard image table with ``[catalog.images]`` applied."""
@@ -128,16 +145,6 @@ class Settings:
 
 #: values that may be set over D-Bus and are then persisted (their config keys)
 DBUS_SETTABLE = ("firmware.server", "wifi.ssid")
-
-
-def check_ssid(ssid: str, *, key: str = "wifi.ssid") -> str:
-    """:raises ConfigError: empty, longer than 31 bytes in UTF-8, or with control characters"""
-    size = len(ssid.encode())
-    if not 1 <= size <= MAX_SSID_BYTES:
-        raise ConfigError(key, f"must be 1 to {MAX_SSID_BYTES} bytes, not {size}")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in ssid):
-        raise ConfigError(key, "must not contain control characters")
-    return ssid
 
 
 def _text(value: object, key: str) -> str:
@@ -332,6 +339,24 @@ def write_persisted(state_dir: Path, values: Mapping[str, object]) -> None:
         sink.flush()
         os.fsync(sink.fileno())
     temporary.replace(path)
+
+
+class PersistedSettings:
+    """The values set over D-Bus so far and the one way to add to them (the engine's ``SettingsWriter``)."""
+
+    def __init__(self, state_dir: Path, values: Mapping[str, object]) -> None:
+        self.state_dir = state_dir
+        self.values: dict[str, object] = dict(values)
+
+    def save(self, values: Mapping[str, object]) -> None:
+        """Write the kept values with ``values`` added (blocking: the engine calls it in a thread).
+
+        :raises ConfigError: a key that cannot be set over D-Bus
+        :raises OSError: the file could not be written; the kept values stay as they were
+        """
+        merged = {**self.values, **values}
+        write_persisted(self.state_dir, merged)
+        self.values = merged
 
 
 def load(config_file: Path, flags: Mapping[str, object]) -> tuple[Settings, dict[str, object]]:

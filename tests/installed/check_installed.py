@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import grp
+import importlib.util
 import json
 import os
 import pwd
@@ -47,8 +48,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from uc2otad.sim.private_bus import PrivateBus
 
 BUS_NAME = "org.openuc2.OTA1"
 OBJECT_PATH = "/org/openuc2/OTA1"
@@ -375,7 +379,7 @@ class Setup:
 
     folder: Path
     bus_address: str = ""
-    bus: subprocess.Popen[str] | None = None
+    bus: PrivateBus | None = None
     processes: list[subprocess.Popen[Any]] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     journal: JournalCapture | None = None
@@ -516,20 +520,28 @@ def ensure_user(name: str, groups: list[str]) -> User:
     return User(name, created)
 
 
+def private_bus_module() -> ModuleType:
+    """The tests' and the demo's bus launcher, ``uc2otad/sim/private_bus.py`` of this checkout.
+
+    Loaded by its path: the package holds no ``sim/``, and importing ``uc2otad`` from the checkout would
+    hide the installed files this check is about. The module imports only the standard library.
+    """
+    path = Path(__file__).resolve().parents[2] / "uc2otad" / "sim" / "private_bus.py"
+    spec = importlib.util.spec_from_file_location("uc2otad_private_bus", path)
+    expect(spec is not None and spec.loader is not None, f"cannot load {path}")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def start_bus(setup: Setup) -> None:
-    config = setup.folder / "system-bus.conf"
-    config.write_text(BUS_CONFIG.format(socket=setup.folder / "system_bus_socket", policy=INSTALLED_POLICY))
-    log = (setup.folder / "bus.log").open("ab")
-    process = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
+    config = BUS_CONFIG.format(socket=setup.folder / "system_bus_socket", policy=INSTALLED_POLICY)
+    bus: PrivateBus = private_bus_module().PrivateBus(
+        setup.folder, config=config, log=setup.folder / "bus.log"
     )
-    setup.processes.append(process)
-    setup.bus = process
-    assert process.stdout is not None
-    setup.bus_address = process.stdout.readline().strip()
+    setup.bus = bus
+    setup.bus_address = bus.start()
     expect(bool(setup.bus_address), "dbus-daemon printed no address")
     os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = setup.bus_address
 
@@ -691,6 +703,8 @@ def tear_down(setup: Setup) -> None:
                 process.wait()
         if process.stdout is not None:
             process.stdout.close()
+    if setup.bus is not None:
+        setup.bus.stop()
     if setup.notify is not None:
         with contextlib.suppress(OSError):
             setup.notify.shutdown(socket.SHUT_RDWR)
@@ -879,13 +893,13 @@ def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def paused(process: subprocess.Popen[Any]) -> Iterator[None]:
+def paused(process: subprocess.Popen[Any] | PrivateBus) -> Iterator[None]:
     """SIGSTOP ``process`` for the block, SIGCONT after it (also when the block fails)."""
-    process.send_signal(signal.SIGSTOP)
+    os.kill(process.pid, signal.SIGSTOP)
     try:
         yield
     finally:
-        process.send_signal(signal.SIGCONT)
+        os.kill(process.pid, signal.SIGCONT)
 
 
 def check_read_burst(setup: Setup) -> None:

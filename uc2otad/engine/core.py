@@ -14,12 +14,13 @@ import asyncio
 import logging
 import secrets as token
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uc2otad import __version__, secrets, settings
+from uc2otad import __version__, secrets
+from uc2otad.contract import StatusDict
 from uc2otad.engine.batch import BatchGate, OverallProgress
+from uc2otad.engine.config import EngineConfig, FirmwareSettings
 from uc2otad.engine.jobs import JobContext, JobManager, Method
 from uc2otad.engine.master import MasterConnection, link_factory
 from uc2otad.engine.reconcile import CONFIRMED_MESSAGE, confirm_finished, confirmed_status, provable
@@ -38,16 +39,10 @@ from uc2otad.errors import (
 from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
-from uc2otad.firmware.server import FirmwareServer, HttpSettings, normalize_server_url
-from uc2otad.links.capture import LinkCapture
+from uc2otad.firmware.server import FirmwareServer, normalize_server_url
 from uc2otad.links.commands import NodeInfo, ScanResult
-from uc2otad.links.ota_stream import StreamSettings
-from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS, WifiOtaSettings
-from uc2otad.links.reconnect import RECONNECT_POLICY
-from uc2otad.links.serial_hat import HatSettings
-from uc2otad.methods.verify import VerifySettings, same_release
-from uc2otad.retry import RetryPolicy
-from uc2otad.settings import Settings
+from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS
+from uc2otad.methods.verify import same_release
 
 if TYPE_CHECKING:
     from uc2otad.engine.usb_flash import UsbFlasher
@@ -126,58 +121,37 @@ def idle_status(can_id: int) -> dict[str, Any]:
     return {"can_id": can_id, "status": "idle"}
 
 
-def repository_for(config: Settings, server_url: str) -> FirmwareRepository:
-    http = HttpSettings(
-        connect_timeout=config.firmware_connect_timeout,
-        read_timeout=config.firmware_read_timeout,
-        transfer_timeout=config.firmware_transfer_timeout,
-        retry=RetryPolicy(attempts=config.firmware_attempts),
-    )
+def repository_for(firmware: FirmwareSettings, server_url: str) -> FirmwareRepository:
     return FirmwareRepository(
-        FirmwareServer(server_url, settings=http),
-        FirmwareCache(config.firmware_cache_dir),
-        config.image_table(),
+        FirmwareServer(server_url, settings=firmware.http), FirmwareCache(firmware.cache_dir), firmware.images
     )
 
 
 class Engine:
     """The daemon's state and operations. ``start`` before use, ``stop`` at the end."""
 
-    def __init__(
-        self, config: Settings, persisted: Mapping[str, object], *, state_dir: Path | None = None
-    ) -> None:
-        """:param persisted: the values set over D-Bus so far (from :func:`settings.load`)"""
+    def __init__(self, config: EngineConfig) -> None:
+        """:param config: built by the composition root (:func:`uc2otad.compose.engine_config`)"""
         self.config = config
-        self.state_dir = state_dir or config.daemon_state_dir
+        self.state_dir = config.state_dir
         self.store = StatusStore(self.state_dir / "uc2otad.sqlite3")
-        self.repository = repository_for(config, config.firmware_server)
+        self.repository = repository_for(config.firmware, config.firmware.server)
         self.properties = Properties(firmware_server=self.repository.server.url, wifi_ssid=config.wifi_ssid)
-        self._persisted = dict(persisted)
         self._observers: list[Observer] = []
         self._inhibitors: dict[str, _Inhibitor] = {}
         self._settings_lock = asyncio.Lock()
-        hat = HatSettings(
-            handshake_timeout=config.serial_handshake_timeout,
-            reconnect=replace(RECONNECT_POLICY, max_delay=config.serial_reconnect_max_delay),
-            stream=StreamSettings(master_rx_timeout=config.serial_master_rx_timeout),
-            wifi_ota=WifiOtaSettings(event_timeout=config.wifi_join_timeout),
-            capture=LinkCapture(config.serial_capture) if config.serial_capture else None,
-        )
+        master = config.master
         self.master = (
             MasterConnection(
-                link_factory(config.serial_port, config.serial_baud, hat),
-                config.serial_ownership,
+                link_factory(master.port, master.baud, master.link),
+                master.ownership,
                 lambda connected: self._set_property("master_connected", connected),
             )
-            if config.serial_port
+            if master is not None
             else None
         )
         self.jobs = JobManager(
-            self.store,
-            self._publish_status,
-            inhibited=lambda: bool(self._inhibitors),
-            retries=config.update_retries,
-            retry_delay=config.update_retry_delay,
+            self.store, self._publish_status, inhibited=lambda: bool(self._inhibitors), retry=config.retry
         )
         self.jobs.on_change(self._jobs_changed)
         # the flasher and its esptool code load on the first FlashMaster (idle memory, docs/benchmarks.md)
@@ -186,11 +160,7 @@ class Engine:
         self.reconciling: asyncio.Task[list[JobRecord]] | None = None
         self._usb_status = UsbFlashStatus(lambda status: self._emit(USBFlashChanged(status)))
         self._progress = OverallProgress()
-        self._verify = VerifySettings(
-            settle=config.update_verify_settle,
-            window=config.update_verify_window,
-            interval=config.update_verify_interval,
-        )
+        self._verify = config.verify
 
     async def start(self) -> list[JobRecord]:
         """Open the store (reconciling interrupted jobs) and the cache.
@@ -307,7 +277,7 @@ class Engine:
         normalized = normalize_server_url(url)
         async with self._settings_lock:
             await self._persist({"firmware.server": normalized})
-            self.repository = repository_for(self.config, normalized)
+            self.repository = repository_for(self.config.firmware, normalized)
         self._set_property("firmware_server", normalized)
         _LOGGER.info("engine: firmware server set to %s", normalized)
 
@@ -509,18 +479,7 @@ class Engine:
         )
 
     def _wifi_settings(self, window_ms: int) -> WifiMethodSettings:
-        from uc2otad.methods.arduino_ota import UploadSettings  # noqa: PLC0415 - as the method, on first use
-        from uc2otad.methods.wifi import WifiMethodSettings  # noqa: PLC0415
-
-        upload = UploadSettings(
-            invite_timeout=self.config.wifi_invite_timeout,
-            chunk_timeout=self.config.wifi_chunk_timeout,
-            host_ip=self.config.wifi_host_ip,
-            host_port=self.config.wifi_host_port,
-        )
-        return WifiMethodSettings(
-            ota_port=self.config.wifi_ota_port, upload=upload, verify=self._verify, window_ms=window_ms
-        )
+        return self.config.wifi(window_ms)  # loads the upload's code, as the method: on first use
 
     async def _wifi_credentials(self, options: Mapping[str, Any]) -> WifiCredentials:
         """From the call, else the stored ones (SetWiFiCredentials).
@@ -539,7 +498,7 @@ class Engine:
         else:  # the stored password belongs to the stored SSID only
             password = await self.wifi_password() if ssid == self.properties.wifi_ssid else ""
         try:
-            settings.check_ssid(ssid, key="ssid")
+            secrets.check_ssid(ssid, key="ssid")
             secrets.check_password(password)
         except ConfigError as err:
             raise InvalidArgumentError(str(err)) from err
@@ -552,7 +511,7 @@ class Engine:
             return
         await self.jobs.cancel(check_can_id(can_id))
 
-    def _publish_status(self, can_id: int, status: dict[str, Any]) -> None:
+    def _publish_status(self, can_id: int, status: StatusDict) -> None:
         """A board's new status: kept in memory and signalled at once; the store's writer persists it."""
         self.store.put_status(can_id, status)
         self._emit(StatusChanged(can_id, status))
@@ -572,7 +531,7 @@ class Engine:
 
         :raises ConfigError: SSID not 1..31 bytes, password not empty or 8..63 bytes
         """
-        settings.check_ssid(ssid)
+        secrets.check_ssid(ssid)
         secrets.check_password(password)
         async with self._settings_lock:
             await asyncio.to_thread(secrets.write_password, self.state_dir, password)
@@ -584,9 +543,7 @@ class Engine:
         return await asyncio.to_thread(secrets.read_password, self.state_dir)
 
     async def _persist(self, values: Mapping[str, object]) -> None:
-        merged = {**self._persisted, **values}
-        await asyncio.to_thread(settings.write_persisted, self.state_dir, merged)
-        self._persisted = merged
+        await asyncio.to_thread(self.config.saved.save, values)
 
     # ---- inhibit ------------------------------------------------------------------------------------
 
@@ -625,19 +582,13 @@ class Engine:
     def _flasher(self) -> UsbFlasher:
         """The USB flasher, built on first use with the esptool code it loads (see ``__init__``)."""
         if self._usb_flasher is None:
-            from uc2otad.engine.usb_flash import UsbFlasher, UsbFlashSettings  # noqa: PLC0415
-            from uc2otad.methods.usb.esptool import EsptoolSettings  # noqa: PLC0415
+            from uc2otad.engine.usb_flash import UsbFlasher  # noqa: PLC0415
 
-            config = self.config
-            usb = UsbFlashSettings(
-                esptool=EsptoolSettings(program=config.usb_esptool, timeout=config.usb_esptool_timeout),
-                reboot_wait=config.usb_reboot_wait,
-                reconnect_window=config.usb_reconnect_window,
-            )
+            master = self.config.master
             self._usb_flasher = UsbFlasher(
-                settings=usb,
+                settings=self.config.usb_flash(),  # loads esptool's code too
                 master=self.master,
-                hat_port=config.serial_port,
+                hat_port=master.port if master is not None else "",
                 repository=lambda: self.repository,
                 status=self._usb_status,
                 slave_jobs_running=lambda: self.jobs.busy,

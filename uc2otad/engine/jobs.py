@@ -6,8 +6,8 @@ The rules every method shares live here, so that no method can forget one:
 - the history row is written *before* the method touches the board, and closed with the result (a
   row the status store cannot write within ``history_timeout`` fails the job before the board is
   touched, see :meth:`JobManager._recorded`); status changes never wait for the disk;
-- retries: a failure whose ``error_code`` may pass (:data:`TRANSIENT`) starts the attempt again, up to
-  ``retries`` times, ``retry_delay`` apart; the status dict restarts its sequence with ``attempt`` + 1;
+- retries: a failure whose ``error_code`` may pass (:attr:`ErrorCode.transient`) starts the attempt again,
+  as the ``retry`` policy allows; the status dict restarts its sequence with ``attempt`` + 1;
 - cancel stops the job at its next await; a method that has passed the point of no return (the board
   committed the image) says so with :meth:`JobContext.committed`, after which Cancel is refused;
 - a job may wait for its turn (``gate``: a batch's ``parallel``, ``delay_between`` and any inhibit) with
@@ -25,6 +25,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from uc2otad.contract import ErrorCode, StatusDict
 from uc2otad.engine.status import BoardStatus
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.errors import (
@@ -39,16 +40,16 @@ from uc2otad.errors import (
 )
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.methods.base import Job
+from uc2otad.retry import RetryPolicy
 
 _LOGGER = logging.getLogger(__name__)
 
-#: failures that another attempt may cure (CONTRACT.md §2; issue 7): a flaky network, a master that
-#: answers size_write_failed right after its own reboot, a USB glitch
-TRANSIENT = frozenset({"upload_timeout", "upload_connection_failed", "master_error", "link_lost"})
 #: retries after the first attempt; ImSwitch retries 3x in all with 5 s gaps (uc2-stack.md §8 item 5)
 RETRIES = 2
 #: seconds between attempts
 RETRY_DELAY = 5.0
+#: the attempts of a job whose failures may pass (:attr:`ErrorCode.transient`), evenly spaced
+RETRY_POLICY = RetryPolicy(attempts=1 + RETRIES, first_delay=RETRY_DELAY, factor=1.0)
 #: seconds a job waits for its history row to reach the file (the status store retries a locked or full
 #: database meanwhile) before it fails without touching the board: several of the store's 5 s busy
 #: timeouts, so that a backup's lock is waited out, and short enough that a full disk shows as a failed
@@ -126,19 +127,17 @@ class JobManager:
     def __init__(
         self,
         store: StatusStore,
-        publish: Callable[[int, dict[str, Any]], None],
+        publish: Callable[[int, StatusDict], None],
         *,
         inhibited: Callable[[], bool],
-        retries: int = RETRIES,
-        retry_delay: float = RETRY_DELAY,
+        retry: RetryPolicy = RETRY_POLICY,
         history_timeout: float = HISTORY_TIMEOUT,
     ) -> None:
         """:param publish: keep, signal and persist a board's status dict (it must not wait)"""
         self._store = store
         self._publish = publish
         self._inhibited = inhibited
-        self.retries = retries
-        self.retry_delay = retry_delay
+        self.retry = retry
         self.history_timeout = history_timeout
         self._running: dict[int, _Running] = {}
         self._on_change: list[Callable[[], None]] = []
@@ -177,7 +176,7 @@ class JobManager:
             raise JobBusyError(f"board {can_id} already has a running update")
         job_id = secrets.token_hex(8)
 
-        def publish(status: dict[str, Any]) -> None:
+        def publish(status: StatusDict) -> None:
             self._publish(can_id, status)
 
         status = BoardStatus(can_id, method.name, publish, job_id=job_id, **fields)
@@ -248,11 +247,11 @@ class JobManager:
             job._ended(JobError(f"board {job.can_id}: the update was stopped before the master answered"))
             if self._stopping:
                 raise  # daemon shutdown: leave the row running, reconciled as interrupted on start-up
-            job.status.fail("cancelled")
+            job.status.fail(ErrorCode.CANCELLED)
             self._store.finish_job(
                 job.job_id,
                 success=False,
-                error_code="cancelled",
+                error_code=ErrorCode.CANCELLED,
                 message="cancelled",
                 attempt=job.status.status["attempt"],
                 sha256=job.image.cached.sha256 if job.image is not None else None,
@@ -284,60 +283,67 @@ class JobManager:
                 "job %s: %s", job.job_id, error,
                 extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "failed"},
             )  # fmt: skip
-            job.status.fail("failed", detail=str(error))
-            self._store.finish_job(job.job_id, success=False, error_code="failed", message=str(error))
+            job.status.fail(ErrorCode.FAILED, detail=str(error))
+            self._store.finish_job(job.job_id, success=False, error_code=ErrorCode.FAILED, message=str(error))
             job._ended(error)
             return False
         return True
 
     async def _attempts(self, job: JobContext, method: Method) -> Uc2otadError | None:
-        """Run the method until it succeeds or fails for good; the error that ended it, if any."""
+        """Run the method until it succeeds or fails for good; the error that ended it, if any.
+
+        A failure is tried again while its code is transient, the board has not committed the image
+        and the retry policy has a delay left; the failed attempt's status says when (``retry_in``).
+        """
+        delays = self.retry.delays()
         attempt = 1
         while True:
-            try:
-                await method.run(job)
-            except Uc2otadError as err:
-                code = err.error_code or "failed"
-                retrying = code in TRANSIENT and attempt <= self.retries and not job.is_committed
-                job.status.fail(
-                    code,
-                    detail=str(err),
-                    wifi=code == "wifi_failed",
-                    retry_in=round(self.retry_delay) if retrying else None,
-                    **_board_words(err),
-                )
-                if retrying:
-                    _LOGGER.warning(
-                        "job %s: board %d attempt %d failed (%s); retrying in %.0fs",
-                        job.job_id, job.can_id, attempt, code, self.retry_delay,
-                        extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "retry"},
-                    )  # fmt: skip
-                    await asyncio.sleep(self.retry_delay)
-                    job.status.retry()
-                    attempt += 1
-                    continue
-                self._finish(job, attempt, error=err)
-                return err
-            except Exception as err:  # a bug must end the job in the status and history too
-                _LOGGER.exception(
-                    "job %s: board %d: internal error", job.job_id, job.can_id,
-                    extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "failed"},
-                )  # fmt: skip
-                error = JobError(
-                    f"board {job.can_id}: internal error ({type(err).__name__}); see the journal"
-                )
-                job.status.fail("failed", detail=str(error))
+            error = await self._attempt(job, method)
+            if error is None:
+                self._finish(job, attempt)
+                return None
+            code = error.error_code or ErrorCode.FAILED
+            delay = next(delays, None) if code.transient and not job.is_committed else None
+            job.status.fail(
+                code,
+                detail=str(error),
+                wifi=code is ErrorCode.WIFI_FAILED,
+                retry_in=round(delay) if delay is not None else None,
+                **_board_words(error),
+            )
+            if delay is None:
                 self._finish(job, attempt, error=error)
                 return error
-            self._finish(job, attempt)
-            return None
+            _LOGGER.warning(
+                "job %s: board %d attempt %d failed (%s); retrying in %.0fs",
+                job.job_id, job.can_id, attempt, code, delay,
+                extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "retry"},
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            job.status.retry()
+            attempt += 1
+
+    @staticmethod
+    async def _attempt(job: JobContext, method: Method) -> Uc2otadError | None:
+        """One run of the method: the error that ended it, or None for success."""
+        try:
+            await method.run(job)
+        except Uc2otadError as err:
+            return err
+        except Exception as err:  # a bug must end the job in the status and history too
+            _LOGGER.exception(
+                "job %s: board %d: internal error", job.job_id, job.can_id,
+                extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "failed"},
+            )  # fmt: skip
+            return JobError(f"board {job.can_id}: internal error ({type(err).__name__}); see the journal")
+        return None
 
     def _finish(self, job: JobContext, attempt: int, *, error: Uc2otadError | None = None) -> None:
         image = job.image
         self._store.finish_job(
             job.job_id,
             success=error is None,
-            error_code=(error.error_code or "failed") if error is not None else "",
+            error_code=(error.error_code or ErrorCode.FAILED) if error is not None else "",
             message=str(error) if error is not None else "",
             attempt=attempt,
             firmware_version=image.version if image is not None and error is None else None,

@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator, Callable
 
 from uc2otad.errors import LinkBusyError, LinkClosedError, LinkError
 from uc2otad.links.base import ConnectionEvent
+from uc2otad.links.protocol import MasterLink
 from uc2otad.links.reconnect import ReconnectLogic
 from uc2otad.links.serial_hat import HatSettings, SerialHatLink
 
 _LOGGER = logging.getLogger(__name__)
 
-LinkFactory = Callable[[], SerialHatLink]
+#: builds the (unopened) link; :func:`link_factory` is the one place that names a link class
+LinkFactory = Callable[[], MasterLink]
 
 
 class MasterConnection:
@@ -40,17 +42,17 @@ class MasterConnection:
         self._make_link = make_link
         self.ownership = ownership
         self._on_connected = on_connected
-        self._link: SerialHatLink | None = None
+        self._link: MasterLink | None = None
         self._opener: ReconnectLogic | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._stopping = False
         #: what holds the port while it is released (:meth:`released`); None: not released
         self._released_for: str | None = None
         #: the links opened on demand and in use now
-        self._borrowed: set[SerialHatLink] = set()
+        self._borrowed: set[MasterLink] = set()
 
     @property
-    def link(self) -> SerialHatLink | None:
+    def link(self) -> MasterLink | None:
         """The open link in exclusive mode; None when it is not open or on demand."""
         return self._link if self._link is not None and self._link.is_open else None
 
@@ -77,7 +79,8 @@ class MasterConnection:
 
     def leave(self) -> None:
         """The daemon is stopping: streams cancelled from now on let go of the master at once
-        (:meth:`SerialHatLink.leave`). Call before cancelling the jobs."""
+        (:meth:`MasterLink.leave <uc2otad.links.protocol.MasterLink.leave>`). Call before cancelling
+        the jobs."""
         self._stopping = True
         for link in (self._link, *self._borrowed):
             if link is not None:
@@ -94,7 +97,7 @@ class MasterConnection:
             self._link = None
 
     @contextlib.asynccontextmanager
-    async def use(self, purpose: str) -> AsyncIterator[SerialHatLink]:
+    async def use(self, purpose: str) -> AsyncIterator[MasterLink]:
         """The open link for ``purpose``, opened and closed around it on demand.
 
         :raises LinkClosedError: exclusive mode and the HAT is not connected now

@@ -21,9 +21,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
-from uc2otad.engine.status import PHASE_MESSAGES, Phase, timestamp
+from uc2otad import timestamps
+from uc2otad.contract import StatusDict
+from uc2otad.engine.status import PHASE_MESSAGES, Phase
 from uc2otad.engine.store import JobRecord
 from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.methods.verify import VerifySettings, is_release_string, same_release
@@ -74,9 +76,9 @@ async def confirm_finished(
         )  # fmt: skip
 
 
-def confirmed_status(interrupted: Mapping[str, Any], job: JobRecord) -> dict[str, Any]:
+def confirmed_status(interrupted: Mapping[str, Any], job: JobRecord) -> StatusDict:
     """The board's status once its interrupted job is confirmed: as if the job had seen it itself."""
-    now = timestamp()
+    now = timestamps.now()
     status = {key: value for key, value in interrupted.items()
               if key not in ("error_code", "upload_error", "retry_in", "queued")}  # fmt: skip
     status.update(
@@ -89,4 +91,4 @@ def confirmed_status(interrupted: Mapping[str, Any], job: JobRecord) -> dict[str
         upload_timestamp=now,
         timestamp=now,
     )
-    return status
+    return cast(StatusDict, status)  # the stored dict, with the success fields of BoardStatus.succeed

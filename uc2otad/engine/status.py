@@ -21,10 +21,10 @@ command on, "wifi_connected" once the board joined WiFi, "wifi_failed" when it c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from uc2otad.methods.base import Phase
+from uc2otad import timestamps
+from uc2otad.contract import ErrorCode, Phase, StatusDict
 
 __all__ = ["BoardStatus", "Phase", "SequenceError"]
 
@@ -53,33 +53,30 @@ STREAM_COMMAND_MESSAGE = "OTA stream started, getting the firmware..."
 QUEUED_MESSAGE = "Waiting for its turn in the batch..."
 
 #: the document's error table ("Common Failure Points"), by our error_code: what happened and what to do
-ERROR_ROWS: Mapping[str, str] = {
-    "wifi_failed": "WiFi connection failed: invalid credentials or out of range. "
+ERROR_ROWS: Mapping[str, str] = {  # by ErrorCode
+    ErrorCode.WIFI_FAILED: "WiFi connection failed: invalid credentials or out of range. "
     "Check SSID/password, move closer",
-    "firmware_not_found": "Firmware not found: missing firmware on server. Upload firmware to server",
-    "download_timeout": "Download timeout: server unreachable. Check server URL and network",
-    "download_corrupt": "Verification failed: corrupted download. Clear cache, retry",
-    "disk_full": "Disk full: no room for the firmware cache on its disk. Free space or clear the cache",
-    "upload_connection_failed": "Upload failed: device busy or low memory. Restart device, retry",
-    "upload_timeout": "Upload timeout: network instability. Retry update",
-    "verification_failed": "Verification failed: the board rejected the image. Clear cache, retry",
-    "master_error": "Upload failed: the master reported an error. Retry update",
-    "board_not_back": "The board did not come back with the new firmware. Check the board, power-cycle it",
-    "link_lost": "The connection to the master CAN HAT was lost. Check the USB cable, retry",
-    "cancelled": "Cancelled; the board keeps the firmware it had",
-    "interrupted": "The daemon stopped during the update; the board keeps the image it booted",
+    ErrorCode.FIRMWARE_NOT_FOUND: "Firmware not found: missing firmware on server. Upload firmware to server",
+    ErrorCode.DOWNLOAD_TIMEOUT: "Download timeout: server unreachable. Check server URL and network",
+    ErrorCode.DOWNLOAD_CORRUPT: "Verification failed: corrupted download. Clear cache, retry",
+    ErrorCode.DISK_FULL: "Disk full: no room for the firmware cache on its disk. "
+    "Free space or clear the cache",
+    ErrorCode.UPLOAD_CONNECTION_FAILED: "Upload failed: device busy or low memory. Restart device, retry",
+    ErrorCode.UPLOAD_TIMEOUT: "Upload timeout: network instability. Retry update",
+    ErrorCode.VERIFICATION_FAILED: "Verification failed: the board rejected the image. Clear cache, retry",
+    ErrorCode.MASTER_ERROR: "Upload failed: the master reported an error. Retry update",
+    ErrorCode.BOARD_NOT_BACK: "The board did not come back with the new firmware. "
+    "Check the board, power-cycle it",
+    ErrorCode.LINK_LOST: "The connection to the master CAN HAT was lost. Check the USB cable, retry",
+    ErrorCode.CANCELLED: "Cancelled; the board keeps the firmware it had",
+    ErrorCode.INTERRUPTED: "The daemon stopped during the update; the board keeps the image it booted",
 }
 
 #: every progress report of the upload is a multiple of this (the document: "every 10%")
 PROGRESS_STEP = 10
 
 #: takes each new version of the dict: keeps it, signals it, and has it persisted; it never waits
-Publish = Callable[[dict[str, Any]], None]
-
-
-def timestamp() -> str:
-    """ISO 8601 with UTC offset, seconds precision (CONTRACT.md §2)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+Publish = Callable[[StatusDict], None]
 
 
 class SequenceError(RuntimeError):
@@ -156,7 +153,7 @@ class BoardStatus:
         if self.phase is not Phase.VERIFYING:
             raise SequenceError(f"success after {self.phase}: the board must be seen running the image first")
         self._step(Phase.SUCCESS)
-        now = timestamp()
+        now = timestamps.now()
         self._emit(
             status="success",
             upload_status="success",
@@ -167,7 +164,7 @@ class BoardStatus:
             firmware_version=firmware_version,
         )
 
-    def fail(self, error_code: str, *, detail: str = "", wifi: bool = False, **fields: Any) -> None:
+    def fail(self, error_code: ErrorCode, *, detail: str = "", wifi: bool = False, **fields: Any) -> None:
         """End the attempt as failed: the document's error row in ``message``, details in ``upload_error``.
 
         :param wifi: the board could not join WiFi (status "wifi_failed", the document's Phase 3)
@@ -222,5 +219,5 @@ class BoardStatus:
                 self.status.pop(key, None)
             else:
                 self.status[key] = value
-        self.status["timestamp"] = timestamp()
-        self._publish(dict(self.status))
+        self.status["timestamp"] = timestamps.now()
+        self._publish(cast(StatusDict, dict(self.status)))  # kept to StatusDict by the methods above

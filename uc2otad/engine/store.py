@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from uc2otad import timestamps
 from uc2otad.errors import StoreError
 
 _LOGGER = logging.getLogger(__name__)
@@ -90,11 +91,6 @@ MIGRATIONS: tuple[str, ...] = (
 
 #: status values that mean "an update was under way" (CONTRACT.md §2); the others are final or idle
 _UNFINISHED_STATUS = ("initiated", "wifi_connected")
-
-
-def now_text() -> str:
-    """The contract's timestamp: ISO 8601, UTC offset, seconds precision."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -222,7 +218,7 @@ class StatusStore:
     def put_status(self, can_id: int, status: Mapping[str, Any]) -> None:
         """Replace the board's status dict: in memory at once, in the file as soon as it can be."""
         kept = dict(status)
-        self._unwritten_status[can_id] = (json.dumps(kept, sort_keys=True), now_text())
+        self._unwritten_status[can_id] = (json.dumps(kept, sort_keys=True), timestamps.now())
         self._status[can_id] = kept
         self._queued_change()
 
@@ -236,7 +232,7 @@ class StatusStore:
         the wait (``asyncio.timeout``). A row whose wait was given up stays queued (and is finished by
         :meth:`finish_job` as usual): it reaches the file once the file can be written.
         """
-        record = replace(job, state="running", started=job.started or now_text())
+        record = replace(job, state="running", started=job.started or timestamps.now())
         self._running[record.job_id] = record
         await self._until_written(self._queued_row(record))
         return record
@@ -282,7 +278,7 @@ class StatusStore:
             state="success" if success else "failed",
             error_code=error_code or None,
             message=message or None,
-            finished=now_text(),
+            finished=timestamps.now(),
             attempt=attempt,
             firmware_version=running.firmware_version if firmware_version is None else firmware_version,
             sha256=running.sha256 if sha256 is None else sha256,
@@ -580,7 +576,7 @@ def _reconcile(connection: sqlite3.Connection) -> list[JobRecord]:
     the newer word (a failed attempt with ``retry_in`` is not an end). Every other running row is
     interrupted, and so is its board's status if it was unfinished.
     """
-    finished = now_text()
+    finished = timestamps.now()
     interrupted: list[JobRecord] = []
     with connection:
         connection.execute("BEGIN IMMEDIATE")

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from uc2otad.engine import defaults
 from uc2otad.engine.master import MasterConnection
 from uc2otad.engine.usb_status import STARTED_MESSAGE, UsbFlashStatus, UsbStep
 from uc2otad.errors import (
@@ -50,7 +49,7 @@ from uc2otad.errors import (
 )
 from uc2otad.firmware.cache import CachedImage
 from uc2otad.firmware.catalog import MASTER_CAN_ID
-from uc2otad.firmware.image import normalize_chip_name
+from uc2otad.firmware.chips import normalize_chip_name
 from uc2otad.firmware.names import check_file_name
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.links.commands import MasterIdentity
@@ -67,12 +66,15 @@ from uc2otad.methods.usb.rules import APP_OFFSET, MERGED_OFFSET, FlashPlan, plan
 
 _LOGGER = logging.getLogger(__name__)
 
-# REBOOT_WAIT and RECONNECT_WINDOW are settings' defaults: defined, with where each number comes from,
-# in uc2otad.engine.defaults, which the settings read without loading this module
-#: seconds the board takes to boot after esptool's hard reset (1 s, the document's Phase 4)
-REBOOT_WAIT = defaults.REBOOT_WAIT
-#: seconds the master has to answer ``/state_get`` again after the flash (30 s)
-RECONNECT_WINDOW = defaults.RECONNECT_WINDOW
+# REBOOT_WAIT and RECONNECT_WINDOW are also the defaults of the usb.reboot_wait and usb.reconnect_window
+# settings; the composition root (uc2otad/compose.py) reads them only on the first FlashMaster, so that
+# this module and esptool's stay unloaded while the daemon is idle (docs/benchmarks.md)
+#: seconds the board takes to boot after esptool's hard reset (document, Phase 4: "Wait for device
+#: reboot (1 second)")
+REBOOT_WAIT = 1.0
+#: seconds the master has to answer ``/state_get`` again after the flash: an ESP32 boots in about 1 s;
+#: the link's reconnect backoff (0.5, 1, 2, 4, 8 s) has had five tries by then
+RECONNECT_WINDOW = 30.0
 #: seconds between tries to confirm the master within the window, when a try fails at once
 CONFIRM_RETRY_DELAY = 0.5
 #: the document's flashMasterFirmwareUSB defaults (CONTRACT.md §4)

@@ -24,10 +24,10 @@ Table (document, "USB Flash Status Updates")::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from uc2otad import timestamps
 from uc2otad.errors import Uc2otadError, UsbFlashError
 
 
@@ -69,11 +69,6 @@ CANCELLED_MESSAGE = "Flash cancelled"
 STARTED_STATUS, STARTED_MESSAGE = "started", "Master firmware flash started"
 
 
-def now_text() -> str:
-    """ISO 8601 with UTC offset, seconds precision (CONTRACT.md §2)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def failure_row(error: Uc2otadError) -> str:
     """The document's USB error row for ``error``."""
     return error.row if isinstance(error, UsbFlashError) else FIRMWARE_NOT_FOUND_ROW
@@ -91,7 +86,7 @@ class UsbFlashStatus:
             "status": "idle",
             "progress": 0,
             "message": "",
-            "timestamp": now_text(),
+            "timestamp": timestamps.now(),
         }
 
     def begin(self, **facts: Any) -> None:
@@ -106,7 +101,7 @@ class UsbFlashStatus:
             "status": STARTED_STATUS,
             "progress": 0,
             "message": STARTED_MESSAGE,
-            "timestamp": now_text(),
+            "timestamp": timestamps.now(),
             **self._facts,
         }
 
@@ -142,7 +137,7 @@ class UsbFlashStatus:
             "progress": progress,
             "message": message,
             "details": details,
-            "timestamp": now_text(),
+            "timestamp": timestamps.now(),
             **self._facts,
         }
         self.current = {key: value for key, value in current.items() if value is not None}

@@ -30,10 +30,10 @@ import stat
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from uc2otad import timestamps
 from uc2otad.aio import run_stoppable
 from uc2otad.errors import CacheBusyError, CacheError, CacheFullError, DownloadCorruptError, Uc2otadError
 from uc2otad.firmware.listing import FirmwareFile
@@ -231,7 +231,7 @@ class FirmwareCache:
             # without a record (downloaded again next time), never an image with a wrong record
             self._meta_path(file.name).unlink(missing_ok=True)
             os.replace(temp_path, path)
-        fetched_at = datetime.now(UTC).isoformat(timespec="seconds")
+        fetched_at = timestamps.now()
         new_meta = _Meta(url, result.size, result.sha256, *_validator_fields(result.validators), fetched_at)
         self._write_meta(file.name, new_meta)
         _fsync_dir(self.directory)

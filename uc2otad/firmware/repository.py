@@ -17,7 +17,7 @@ from pathlib import Path
 from uc2otad.aio import run_stoppable
 from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import SLAVE_CHIP, Catalog, ImageTable, ResolvedImage
-from uc2otad.firmware.image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
+from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
 from uc2otad.firmware.server import FirmwareServer
 
 _LOGGER = logging.getLogger(__name__)

@@ -25,14 +25,13 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uc2otad.errors import LinkError, LinkTimeoutError, MasterError, MasterUnsupportedError
 from uc2otad.links.commands import MAX_NODE_ID, ota_start_reply
+from uc2otad.links.hat_channel import HatChannel
+from uc2otad.links.protocol import Progress, StreamResult
 from uc2otad.links.replies import EventStream, JsonObject
-
-if TYPE_CHECKING:
-    from uc2otad.links.serial_hat import SerialHatLink
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,9 +70,6 @@ MASTER_ERROR_TEXT = {
     "sdo_end_failed": "the node refused the finished image (its CRC or image check failed)",
 }
 
-#: called with (bytes the master acknowledged, image size) after every chunk
-Progress = Callable[[int, int], None]
-
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -87,25 +83,13 @@ class StreamSettings:
     reset_boot_timeout: float = RESET_BOOT_TIMEOUT
 
 
-@dataclass(frozen=True)
-class StreamResult:
-    """The master reported "success": the slave checked the image's CRC, committed it and will reboot."""
-
-    node_id: int
-    size: int
-    crc32: int
-    chunks: int
-    #: from ``/ota_start`` to "success"
-    seconds: float
-
-
 def ota_start_command(node_id: int, size: int, crc32: int) -> dict[str, Any]:
     """The preamble, with the CRC as UC2-REST formats it."""
     return {"task": "/ota_start", "ota": {"nodeId": node_id, "size": size, "crc32": f"0x{crc32:08X}"}}
 
 
 async def stream_image(
-    link: SerialHatLink,
+    link: HatChannel,
     node_id: int,
     image: bytes,
     *,
@@ -136,7 +120,7 @@ class _Stream:
 
     def __init__(
         self,
-        link: SerialHatLink,
+        link: HatChannel,
         events: EventStream,
         *,
         node_id: int,

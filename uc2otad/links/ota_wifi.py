@@ -19,14 +19,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uc2otad.errors import MasterError, MasterUnsupportedError, WifiJoinError, WifiJoinTimeoutError
 from uc2otad.links.commands import INT_REPLY, MAX_NODE_ID
+from uc2otad.links.hat_channel import HatChannel
+from uc2otad.links.protocol import WifiOtaResult
 from uc2otad.links.replies import EventStream, JsonObject
-
-if TYPE_CHECKING:
-    from uc2otad.links.serial_hat import SerialHatLink
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,18 +51,6 @@ class WifiOtaSettings:
     event_timeout: float = WIFI_EVENT_TIMEOUT
 
 
-@dataclass(frozen=True)
-class WifiOtaResult:
-    """The slave joined the WiFi and serves ArduinoOTA at ``ip`` (UDP 3232) for the window asked for."""
-
-    can_id: int
-    status: int
-    status_msg: str
-    ip: str
-    #: as the board reports it, ``UC2-CAN-B.local`` for node 11
-    hostname: str
-
-
 def wifi_ota_command(can_id: int, ssid: str, password: str, timeout_ms: int) -> dict[str, Any]:
     """The command as UC2-REST's ``canota.start_ota_update`` sends it (keys in lower case: ``canid``)."""
     return {
@@ -73,7 +60,7 @@ def wifi_ota_command(can_id: int, ssid: str, password: str, timeout_ms: int) -> 
 
 
 async def start_wifi_ota(
-    link: SerialHatLink,
+    link: HatChannel,
     can_id: int,
     ssid: str,
     password: str,

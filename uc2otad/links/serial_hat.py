@@ -40,9 +40,10 @@ from uc2otad.errors import (
 from uc2otad.links import commands, ota_stream, ota_wifi
 from uc2otad.links.base import Link, LinkSettings
 from uc2otad.links.commands import BusHealth, MasterIdentity, ScanResult
-from uc2otad.links.ota_stream import Progress, StreamResult, StreamSettings
-from uc2otad.links.ota_wifi import WifiOtaResult, WifiOtaSettings
+from uc2otad.links.ota_stream import StreamSettings
+from uc2otad.links.ota_wifi import WifiOtaSettings
 from uc2otad.links.ports import PortIdentity, find_port, identify_port
+from uc2otad.links.protocol import LinkCapability, Progress, StreamResult, WifiOtaResult
 from uc2otad.links.replies import EventStream, JsonObject
 
 _LOGGER = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ class HatSettings(LinkSettings):
 
 
 class SerialHatLink(Link[Any]):
-    """The master CAN HAT at ``url``.
+    """The master CAN HAT at ``url``: a :class:`~uc2otad.links.protocol.MasterLink`.
+
+    Its update procedures are :mod:`.ota_stream` and :mod:`.ota_wifi`, which it calls with itself as
+    their :class:`~uc2otad.links.hat_channel.HatChannel`.
 
     :param baud: the baud rate to use (or to try first, with ``probe_baud``)
     :param probe_baud: also try the other of 921600 and 115200 when the first gets no answer
@@ -126,6 +130,19 @@ class SerialHatLink(Link[Any]):
         next start's recovery (:meth:`_connect`), which waits it out (issue 15, D9).
         """
         self._leaving = True
+
+    @property
+    def capabilities(self) -> frozenset[LinkCapability]:
+        """Streaming on a CANopen master, the WiFi trigger on a legacy one; nothing before the handshake.
+
+        The firmware generation decides, as ``pindef`` names it (``uc2-stack.md`` §10): a CANopen master
+        ignores the WiFi command, a legacy one has no ``/ota_start``.
+        """
+        if self.identity is None:
+            return frozenset()
+        if self.identity.is_canopen:
+            return frozenset({LinkCapability.STREAM})
+        return frozenset({LinkCapability.WIFI_TRIGGER})
 
     # ---- the HAT's commands ---------------------------------------------------------------------------
 

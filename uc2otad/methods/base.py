@@ -8,24 +8,14 @@ engine → methods → links, never back).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
+
+from uc2otad.contract import Phase
+
+__all__ = ["Job", "Phase", "StatusSink"]
 
 if TYPE_CHECKING:
     from uc2otad.firmware.repository import VerifiedImage
-
-
-class Phase(StrEnum):
-    """``upload_status`` values, in the order a job passes them (CONTRACT.md §2)."""
-
-    COMMAND_SENT = "command_sent"
-    WIFI_CONNECTED = "wifi_connected"
-    DOWNLOADING = "downloading"
-    UPLOADING = "uploading"
-    FLASHING = "flashing"
-    VERIFYING = "verifying"
-    SUCCESS = "success"
-    FAILED = "failed"
 
 
 class StatusSink(Protocol):

@@ -17,15 +17,16 @@ from contextlib import AbstractAsyncContextManager
 
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo
-from uc2otad.links.serial_hat import SerialHatLink
+from uc2otad.links.protocol import UpdateLink
 from uc2otad.methods.base import Job, Phase
 from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
-LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
+#: borrows a link for the purpose named; any :class:`UpdateLink` that can stream will do
+LinkUse = Callable[[str], AbstractAsyncContextManager[UpdateLink]]
 
 
 class CanStreamMethod:
-    """Stream an image through a CANopen master."""
+    """Stream an image through a link that streams (a CANopen master)."""
 
     name = "can"
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo, ScanResult
-from uc2otad.links.serial_hat import SerialHatLink
+from uc2otad.links.protocol import WifiTriggerLink
 from uc2otad.methods.arduino_ota import ARDUINO_OTA_PORT, ArduinoOtaUploader, UploadSettings
 from uc2otad.methods.base import Job, Phase
 from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
-LinkUse = Callable[[str], AbstractAsyncContextManager[SerialHatLink]]
+#: borrows a link for the purpose named: one that relays the WiFi trigger (a legacy master)
+LinkUse = Callable[[str], AbstractAsyncContextManager[WifiTriggerLink]]
 
 
 @dataclass(frozen=True)

@@ -35,30 +35,30 @@ from uc2otad.errors import (
     UploadTimeoutError,
     UploadVerificationError,
 )
-from uc2otad.firmware.image import OTA_PARTITION_SIZE
-from uc2otad.methods import defaults
+from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE
 from uc2otad.methods.arduino_ota.auth import AuthScheme, auth_datagram, cnonce_text, schemes_for_nonce
 from uc2otad.methods.arduino_ota.invitation import DatagramChannel, Invitation, OtaCommand, invite
 from uc2otad.methods.arduino_ota.replies import BoardReplyParser, FinalReply, ReplyKind
 
 _LOGGER = logging.getLogger(__name__)
 
-# ARDUINO_OTA_PORT, INVITE_TIMEOUT and CHUNK_TIMEOUT are settings' defaults: defined, with where each
-# number comes from, in uc2otad.methods.defaults, which the settings read without loading this module
-#: the board's UDP port unless the sketch calls ``ArduinoOTA.setPort`` (3232)
-ARDUINO_OTA_PORT = defaults.ARDUINO_OTA_PORT
+# ARDUINO_OTA_PORT, INVITE_TIMEOUT and CHUNK_TIMEOUT are also the defaults of the wifi.ota_port,
+# wifi.invite_timeout and wifi.chunk_timeout settings; the composition root (uc2otad/compose.py) reads
+# them only when the first WiFi job starts, so that this module stays unloaded while the daemon is idle
+#: the board's UDP port unless the sketch calls ``ArduinoOTA.setPort`` (arduino-ota.md §1)
+ARDUINO_OTA_PORT = 3232
 
-#: wait for an answer to each invitation: espota's ``-t`` default, 10 s
-INVITE_TIMEOUT = defaults.INVITE_TIMEOUT
+#: wait for an answer to each invitation: espota's ``-t`` default, 10 s (arduino-ota.md §1.3)
+INVITE_TIMEOUT = 10.0
 #: invitations in all before "no answer": espota's loop of 10 (§1.3)
 INVITE_ATTEMPTS = 10
 #: wait for the answer to the authentication datagram: espota's 10 s (§2a, §2b)
 AUTH_TIMEOUT = 10.0
 #: wait for the board to connect back: espota's accept timeout, 10 s (§3.1)
 ACCEPT_TIMEOUT = 10.0
-#: no byte sent or received for this long: stalled (the document's 20 s per chunk); it also bounds the
-#: wait for the board's result after the last byte
-CHUNK_TIMEOUT = defaults.CHUNK_TIMEOUT
+#: no byte sent or received for this long: stalled. The procedure document: "Timeout: 20 seconds per
+#: chunk" (Phase 5); it also bounds the wait for the board's result after the last byte
+CHUNK_TIMEOUT = 20.0
 #: the whole upload, invitation to result: the document's default OTA timeout (300000 ms), so an upload
 #: can never outlast the job that runs it
 OVERALL_TIMEOUT = 300.0

@@ -27,15 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uc2otad.errors import EsptoolMissingError, FlashWriteError
-from uc2otad.methods import defaults
 from uc2otad.methods.usb import output
 from uc2otad.methods.usb.rules import FlashPlan
 
 _LOGGER = logging.getLogger(__name__)
 
-#: seconds one esptool run may take in all (300 s: a hung esptool is stopped after this); a setting's
-#: default, defined with its reasons in uc2otad.methods.defaults, which the settings read without this
-ESPTOOL_TIMEOUT = defaults.ESPTOOL_TIMEOUT
+#: seconds one esptool run may take in all: a 1.3 MB master image uncompressed through the ROM at
+#: 921600 baud takes ~17 s (esptool-rom.md, timing table), at 115200 about 2.5 min; a hung esptool
+#: (a board that stopped answering mid-block) is stopped after this. Also the usb.esptool_timeout
+#: setting's default, read by the composition root (uc2otad/compose.py) only on the first FlashMaster
+ESPTOOL_TIMEOUT = 300.0
 #: seconds between terminate and kill when a run is stopped (ImSwitch ``_run_esptool``: 2 s)
 TERMINATE_GRACE = 2.0
 #: most bytes read from esptool's pipe at once

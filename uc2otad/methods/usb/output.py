@@ -20,7 +20,7 @@ from uc2otad.errors import (
     PortAccessError,
     UsbFlashError,
 )
-from uc2otad.firmware.image import normalize_chip_name
+from uc2otad.firmware.chips import normalize_chip_name
 
 _PROGRESS = re.compile(r"Writing at (0x[0-9a-fA-F]+)\b.*?(\d+(?:\.\d+)?) ?%")
 _DETECTED = re.compile(r"(?:Detecting chip type\.\.\.|Connected to|Chip is) (ESP[0-9A-Za-z-]+)")

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from uc2otad.errors import ImageFormatError, ImageRefusedError
-from uc2otad.firmware.image import ImageInfo, ImageKind, parse_image
-from uc2otad.methods.usb.chips import BOOTLOADER_OFFSET
+from uc2otad.firmware.chips import BOOTLOADER_OFFSET
+from uc2otad.firmware.esp_image import ImageInfo, ImageKind, parse_image
 
 #: where an app image goes: the first app partition of every UC2 partition table (uc2-stack.md §6)
 APP_OFFSET = 0x10000
