@@ -20,8 +20,8 @@ from dbus_fast.aio import MessageBus
 from usbflash import FlashSignals, flash_master
 
 from uc2otad.api import names
-from uc2otad.engine.usb_status import UsbFlashStatus, UsbStep
 from uc2otad.errors import UsbFlashError
+from uc2otad.methods.usb.status import UsbFlashStatus, UsbStep
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.master import MasterTiming
 from uc2otad.sim.microscope import VirtualMicroscope

@@ -26,16 +26,16 @@ import pytest
 from espimage import build_app_image
 from faultserver import FaultServer, Reply
 
-from uc2otad.engine import usb_flash
-from uc2otad.engine.usb_flash import FlashOptions, UsbFlasher, UsbFlashSettings
-from uc2otad.engine.usb_status import UsbFlashStatus, UsbStep
 from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.listing import FirmwareFile
 from uc2otad.firmware.manifest import ManifestFile
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer
+from uc2otad.methods.usb import flash as usb_flash
 from uc2otad.methods.usb.esptool import BoardProbe, Esptool
+from uc2otad.methods.usb.flash import FlashOptions, UsbFlasher, UsbFlashSettings
+from uc2otad.methods.usb.status import UsbFlashStatus, UsbStep
 from uc2otad.sim.rom_loader import RomLoader, RomLoaderConfig
 
 if importlib.util.find_spec("esptool") is None:

@@ -16,8 +16,6 @@ from espimage import (
     build_partition_table,
 )
 
-from uc2otad.engine.usb_flash import FlashOptions
-from uc2otad.engine.usb_status import UsbFlashStatus, UsbStep
 from uc2otad.errors import (
     EsptoolMissingError,
     FlashWriteError,
@@ -27,8 +25,10 @@ from uc2otad.errors import (
     PortAccessError,
 )
 from uc2otad.methods.usb import output
+from uc2otad.methods.usb.flash import FlashOptions
 from uc2otad.methods.usb.ports import SerialPort, choose_port
 from uc2otad.methods.usb.rules import KEEP_FLASH_SETTINGS, plan_flash
+from uc2otad.methods.usb.status import UsbFlashStatus, UsbStep
 
 FOUR_MB = 4 * 1024 * 1024
 

@@ -31,8 +31,8 @@ from uc2otad.retry import RetryPolicy
 from uc2otad.settings import PersistedSettings, Settings
 
 if TYPE_CHECKING:
-    from uc2otad.engine.usb_flash import UsbFlashSettings
     from uc2otad.methods.arduino_ota import UploadSettings
+    from uc2otad.methods.usb.flash import UsbFlashSettings
     from uc2otad.methods.wifi import WifiMethodSettings
 
 _T = TypeVar("_T")
@@ -149,8 +149,8 @@ def wifi_method_settings(config: Settings, verify: VerifySettings, window_ms: in
 
 def usb_flash_settings(config: Settings) -> UsbFlashSettings:
     # the USB flash job and esptool's code load with the first FlashMaster (idle memory, see above)
-    from uc2otad.engine.usb_flash import REBOOT_WAIT, RECONNECT_WINDOW, UsbFlashSettings  # noqa: PLC0415
     from uc2otad.methods.usb.esptool import ESPTOOL_TIMEOUT, EsptoolSettings  # noqa: PLC0415
+    from uc2otad.methods.usb.flash import REBOOT_WAIT, RECONNECT_WINDOW, UsbFlashSettings  # noqa: PLC0415
 
     return UsbFlashSettings(
         esptool=EsptoolSettings(

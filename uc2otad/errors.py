@@ -8,6 +8,8 @@ too (``DownloadTimeoutError`` is a ``TimeoutError``), so generic callers keep wo
 Uc2otadError
 ├── ConfigError (ValueError)            a setting or argument is not acceptable
 ├── InvalidArgumentError (ValueError)  a caller's argument is out of range or of the wrong kind
+│   └── UnknownMethodError                 StartOTA's method names no method
+├── MethodUnavailableError              a method's module cannot be loaded (a broken installation)
 ├── UnknownCookieError (LookupError)    Uninhibit with a cookie that is not held
 ├── JobError                            a job cannot be started or cancelled
 │   ├── InhibitedError                     an inhibit is held: no job starts
@@ -94,6 +96,14 @@ class ConfigError(Uc2otadError, ValueError):
 
 class InvalidArgumentError(Uc2otadError, ValueError):
     """A caller's argument is out of range, too long, of the wrong type or unknown."""
+
+
+class UnknownMethodError(InvalidArgumentError):
+    """StartOTA's ``method`` names no method."""
+
+
+class MethodUnavailableError(Uc2otadError):
+    """A method's module cannot be loaded: the installation is broken, not the request."""
 
 
 class UnknownCookieError(Uc2otadError, LookupError):

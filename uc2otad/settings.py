@@ -133,9 +133,9 @@ class Settings:
     usb_esptool: str = ""
     #: None: ``methods.usb.esptool.ESPTOOL_TIMEOUT``
     usb_esptool_timeout: float | None = None
-    #: None: ``engine.usb_flash.REBOOT_WAIT``
+    #: None: ``methods.usb.flash.REBOOT_WAIT``
     usb_reboot_wait: float | None = None
-    #: None: ``engine.usb_flash.RECONNECT_WINDOW``
+    #: None: ``methods.usb.flash.RECONNECT_WINDOW``
     usb_reconnect_window: float | None = None
 
     def image_table(self) -> ImageTable:

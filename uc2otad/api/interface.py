@@ -70,7 +70,7 @@ class OTA1Interface(ServiceInterface):
         elif isinstance(event, USBFlashChanged):
             self.usb_flash_status_changed(to_variant_dict(event.status))
         else:
-            self.emit_properties_changed({event.name: event.value})
+            self.emit_properties_changed({names.PROPERTY_NAMES[event.name]: event.value})
 
     # ---- status -------------------------------------------------------------------------------------
 

@@ -13,3 +13,15 @@ INHIBITED = ERROR_PREFIX + "Inhibited"
 NOT_CONNECTED = ERROR_PREFIX + "NotConnected"
 NOT_PERMITTED = ERROR_PREFIX + "NotPermitted"
 FAILED = ERROR_PREFIX + "Failed"
+
+#: the engine's property (``Properties`` field) → its D-Bus property name
+PROPERTY_NAMES = {
+    "version": "Version",
+    "firmware_server": "FirmwareServer",
+    "wifi_ssid": "WiFiSSID",
+    "master_connected": "MasterConnected",
+    "busy": "Busy",
+    "inhibited": "Inhibited",
+    "progress": "Progress",
+    "last_error": "LastError",
+}

@@ -21,7 +21,7 @@ from uc2otad.methods.verify import VerifySettings
 from uc2otad.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from uc2otad.engine.usb_flash import UsbFlashSettings
+    from uc2otad.methods.usb.flash import UsbFlashSettings
     from uc2otad.methods.wifi import WifiMethodSettings
 
 

@@ -110,7 +110,8 @@ class JobContext:
 class Method(Protocol):
     """How an image reaches a board (``uc2otad.methods``). Raises an error with ``error_code`` on failure."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def run(self, job: Job) -> None: ...
 

@@ -21,14 +21,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from uc2otad import timestamps
 from uc2otad.contract import StatusDict
 from uc2otad.engine.status import PHASE_MESSAGES, Phase
-from uc2otad.engine.store import JobRecord
+from uc2otad.engine.store import JobRecord, StatusStore
+from uc2otad.errors import LinkError
 from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.methods.verify import VerifySettings, is_release_string, same_release
+
+if TYPE_CHECKING:
+    from uc2otad.engine.master import MasterConnection
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,3 +96,48 @@ def confirmed_status(interrupted: Mapping[str, Any], job: JobRecord) -> StatusDi
         timestamp=now,
     )
     return cast(StatusDict, status)  # the stored dict, with the success fields of BoardStatus.succeed
+
+
+async def ask_the_boards(
+    interrupted: list[JobRecord],
+    master: MasterConnection,
+    store: StatusStore,
+    *,
+    running: Callable[[int], bool],
+    publish: Callable[[int, StatusDict], None],
+    settings: VerifySettings,
+) -> list[JobRecord]:
+    """Ask the boards whether the interrupted updates took (issue 15, D10); the jobs that did, now
+    ``success`` in the history and in their board's status — unless a newer job owns the board by then.
+
+    Waits for the master as long as it takes to come back (exclusive mode); a scan that fails leaves
+    the jobs not confirmed yet interrupted, and says so in the journal.
+
+    :param running: whether a board has a job now
+    :param publish: keeps, signals and persists a board's status
+    """
+    confirmed: list[JobRecord] = []
+
+    def found(job: JobRecord, node: NodeInfo) -> None:
+        status = store.get_status(job.can_id)
+        if running(job.can_id) or status is None or status.get("job_id") != job.job_id:
+            return
+        store.confirm_job(job, CONFIRMED_MESSAGE.format(version=node.fw_version))
+        publish(job.can_id, confirmed_status(status, job))
+        confirmed.append(job)
+        _LOGGER.info(
+            "engine: board %d runs %s: job %s, interrupted, is a success after all",
+            job.can_id, node.fw_version, job.job_id,
+            extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "success"},
+        )  # fmt: skip
+
+    async def scan() -> ScanResult:
+        async with master.use("asking boards about interrupted updates") as link:
+            return await link.scan()
+
+    await master.wait_connected()
+    try:
+        await confirm_finished(interrupted, scan, found, settings)
+    except LinkError as err:
+        _LOGGER.warning("engine: cannot ask the boards about interrupted updates: %s", err)
+    return confirmed

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import ClassVar, Self
 
+from uc2otad.contract import Method
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo
-from uc2otad.links.protocol import UpdateLink
-from uc2otad.methods.base import Job, Phase
+from uc2otad.links.protocol import LinkCapability, UpdateLink
+from uc2otad.methods.base import Job, Phase, PlannedJob
 from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
 
 #: borrows a link for the purpose named; any :class:`UpdateLink` that can stream will do
@@ -28,7 +30,18 @@ LinkUse = Callable[[str], AbstractAsyncContextManager[UpdateLink]]
 class CanStreamMethod:
     """Stream an image through a link that streams (a CANopen master)."""
 
-    name = "can"
+    name: ClassVar[str] = Method.CAN
+    needs: ClassVar[LinkCapability] = LinkCapability.STREAM
+    unavailable: ClassVar[str] = "this master runs legacy firmware: it cannot stream"
+    joins_wifi: ClassVar[bool] = False
+    #: the master streams to one node at a time (it holds the link for the whole stream)
+    parallel: ClassVar[bool] = False
+    #: the daemon downloads the image before it asks the master anything: StartOTA returns at once
+    acknowledged_by_master: ClassVar[bool] = False
+
+    @classmethod
+    def prepare(cls, planned: PlannedJob) -> Self:
+        return cls(planned.use_link, planned.obtain, planned.verify, before=planned.before)
 
     def __init__(
         self,

@@ -21,24 +21,15 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import ClassVar, Self
 
+from uc2otad.contract import Method
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo, ScanResult
-from uc2otad.links.protocol import WifiTriggerLink
+from uc2otad.links.protocol import LinkCapability
 from uc2otad.methods.arduino_ota import ARDUINO_OTA_PORT, ArduinoOtaUploader, UploadSettings
-from uc2otad.methods.base import Job, Phase
+from uc2otad.methods.base import Job, LinkUse, Phase, PlannedJob, WifiCredentials
 from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
-
-#: borrows a link for the purpose named: one that relays the WiFi trigger (a legacy master)
-LinkUse = Callable[[str], AbstractAsyncContextManager[WifiTriggerLink]]
-
-
-@dataclass(frozen=True)
-class WifiCredentials:
-    """The network the slave joins; the password never shows in a repr."""
-
-    ssid: str
-    password: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -54,7 +45,22 @@ class WifiMethodSettings:
 class WifiMethod:
     """Trigger the slave's WiFi OTA through a legacy master, then upload with ArduinoOTA."""
 
-    name = "wifi"
+    name: ClassVar[str] = Method.WIFI
+    needs: ClassVar[LinkCapability] = LinkCapability.WIFI_TRIGGER
+    unavailable: ClassVar[str] = "this master runs CANopen firmware, which has no WiFi OTA command"
+    joins_wifi: ClassVar[bool] = True
+    #: the uploads go over the network, each board its own: only the CAN commands take turns
+    parallel: ClassVar[bool] = True
+    #: StartOTA returns with the master's reply to the trigger (the document's ``command_response``)
+    acknowledged_by_master: ClassVar[bool] = True
+
+    @classmethod
+    def prepare(cls, planned: PlannedJob) -> Self:
+        """:raises TypeError: the planner gave no credentials or WiFi settings (a bug)"""
+        settings, credentials = planned.wifi_settings, planned.credentials
+        if not isinstance(settings, WifiMethodSettings) or credentials is None:
+            raise TypeError("the WiFi method needs credentials and WifiMethodSettings")
+        return cls(planned.use_link, planned.obtain, credentials, settings, before=planned.before)
 
     def __init__(
         self,

@@ -8,5 +8,7 @@ flash. Small modules, one job each:
 - :mod:`.ports`: serial ports as the document lists them, the port to flash, may we open it;
 - :mod:`.rules`: the image rules, checked before anything touches the board;
 - :mod:`.output`: what esptool's output lines say (progress, chip, failure);
-- :mod:`.esptool`: esptool as a subprocess, never blocking the event loop.
+- :mod:`.esptool`: esptool as a subprocess, never blocking the event loop;
+- :mod:`.status`: the USB flash status dict, kept to the document's status table (light: read at idle);
+- :mod:`.flash`: the flash job itself, loaded with esptool's code on the first FlashMaster.
 """

@@ -2,7 +2,7 @@
 
 One flash at a time, never while a slave job runs (both ways: the engine asks :attr:`UsbFlasher.running`
 before a slave job). The steps follow the procedure document's workflow and status table
-(:mod:`.usb_status`):
+(:mod:`.status`):
 
 1. before touching anything: esptool runnable, the port chosen (CONTRACT.md §4) and openable;
 2. the master link released (closed, reconnecting suspended), the image fetched into the cache; the
@@ -14,6 +14,11 @@ before a slave job). The steps follow the procedure document's workflow and stat
 5. the board's reboot awaited, the link reopened, and ``/state_get`` must show the new image.
 
 A failure ends ``failed`` with the document's USB error row; cancel stops esptool (terminate, then kill).
+
+The job lives with the USB method, as the slave methods live in this room: the methods own how an image
+reaches a board, the master included. It imports nothing from the engine (api → engine → methods →
+links); what it needs of the daemon's hold on the master is :class:`MasterAccess`, which the engine's
+``MasterConnection`` (``engine/master.py``) fulfils.
 """
 
 from __future__ import annotations
@@ -28,13 +33,12 @@ import stat
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from uc2otad.engine.master import MasterConnection
-from uc2otad.engine.usb_status import STARTED_MESSAGE, UsbFlashStatus, UsbStep
 from uc2otad.errors import (
     CacheError,
     CacheFullError,
@@ -53,6 +57,7 @@ from uc2otad.firmware.chips import normalize_chip_name
 from uc2otad.firmware.names import check_file_name
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.links.commands import MasterIdentity
+from uc2otad.links.protocol import UpdateLink
 from uc2otad.methods.usb.chips import chip_for_usb_id
 from uc2otad.methods.usb.esptool import Esptool, EsptoolSettings
 from uc2otad.methods.usb.ports import (
@@ -63,6 +68,7 @@ from uc2otad.methods.usb.ports import (
     usb_identity,
 )
 from uc2otad.methods.usb.rules import APP_OFFSET, MERGED_OFFSET, FlashPlan, plan_flash
+from uc2otad.methods.usb.status import STARTED_MESSAGE, UsbFlashStatus, UsbStep
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -95,6 +101,29 @@ QUOTE_LENGTH = 60
 #: the private folder esptool reads the image from: made by :func:`tempfile.mkdtemp` (0700) in the
 #: daemon's temporary folder, which the unit makes its own (PrivateTmp=yes)
 FLASH_COPY_PREFIX = "uc2otad-flash-"
+
+
+class MasterAccess(Protocol):
+    """What the flash needs of the daemon's hold on the master (``engine/master.py``'s ``MasterConnection``).
+
+    The port is given up for the flash (esptool needs it to itself), then the link is awaited and borrowed
+    once more to ask the master which image it runs.
+    """
+
+    def released(self, purpose: str) -> AbstractAsyncContextManager[None]:
+        """Close the link and leave the port alone while the block runs; reconnecting resumes after it.
+
+        :raises LinkBusyError: already released
+        """
+
+    async def wait_connected(self) -> None:
+        """Return once the link is open again (at once when it is opened per use); bound it with a timeout."""
+
+    def use(self, purpose: str) -> AbstractAsyncContextManager[UpdateLink]:
+        """The open link for ``purpose``.
+
+        :raises LinkError: it is not connected, or cannot be opened now
+        """
 
 
 @dataclass(frozen=True)
@@ -260,7 +289,7 @@ class UsbFlasher:
         self,
         *,
         settings: UsbFlashSettings,
-        master: MasterConnection | None,
+        master: MasterAccess | None,
         hat_port: str,
         repository: Callable[[], FirmwareRepository],
         status: UsbFlashStatus,

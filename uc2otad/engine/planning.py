@@ -1,0 +1,164 @@
+"""Planning an update: everything a job needs, resolved and checked before any board is touched.
+
+StartOTA and StartMultipleOTA answer an error for whatever would fail later — the master's id, no image,
+a method the master cannot carry, missing WiFi credentials, a board that is busy — and only then does any
+board get a command, as fwupd checks a device's requirements before it writes. The method is chosen by
+its traits (:mod:`uc2otad.methods`): "auto" is the first registered method whose link capability the
+master offers; a method asked for by name must be one it offers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from uc2otad.errors import FirmwareError, InvalidArgumentError, LinkClosedError
+from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
+from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
+from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS
+from uc2otad.links.protocol import LinkCapability
+from uc2otad.methods import METHODS, method_class
+from uc2otad.methods.base import PlannedJob, SlaveMethod, WifiCredentials
+from uc2otad.methods.verify import VerifySettings, same_release
+
+if TYPE_CHECKING:
+    from uc2otad.engine.master import MasterConnection
+    from uc2otad.links.commands import ScanResult
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An update of some boards, resolved before any of them is touched."""
+
+    method: type[SlaveMethod]
+    images: Mapping[int, ResolvedImage]
+    scan: ScanResult
+    credentials: WifiCredentials | None
+    #: the boards to update (not current, or forced), in the order given
+    due: list[int]
+    #: the WiFi window asked of the slaves, ms
+    window_ms: int
+
+
+class Planner:
+    """Makes :class:`Plan` s against the engine's master, firmware server and checks."""
+
+    def __init__(
+        self,
+        master: MasterConnection | None,
+        repository: Callable[[], FirmwareRepository],
+        check_can_start: Callable[[list[int]], None],
+        credentials: Callable[[Mapping[str, Any]], Awaitable[WifiCredentials]],
+        *,
+        verify: VerifySettings,
+        wifi_settings: Callable[[int], object],
+    ) -> None:
+        """
+        :param repository: the firmware repository now (SetFirmwareServer replaces it)
+        :param check_can_start: raises when the boards may not start now (inhibit, busy, USB flash)
+        :param credentials: the WiFi credentials for a call's options
+        :param wifi_settings: the WiFi method's settings for a window (loads its code: on first use)
+        """
+        self._master = master
+        self._repository = repository
+        self._check_can_start = check_can_start
+        self._credentials = credentials
+        self._verify = verify
+        self._wifi_settings = wifi_settings
+
+    async def plan(self, can_ids: list[int], options: Mapping[str, Any]) -> Plan:
+        """What updating ``can_ids`` takes, checked before any board is touched.
+
+        :raises InvalidArgumentError: the master's id, a method the master cannot use, no credentials
+        :raises InhibitedError, JobBusyError: see ``check_can_start``
+        :raises FirmwareNotFoundError: no image for a board
+        :raises LinkError: no master, or it did not answer
+        """
+        for can_id in can_ids:
+            check_can_id(can_id)
+            if can_id == MASTER_CAN_ID:
+                raise InvalidArgumentError(
+                    "CAN id 1 is the master CAN HAT: it is flashed over USB (FlashMaster)"
+                )
+        master = self._require_master()
+        self._check_can_start(can_ids)
+        catalog = await self._repository().catalog()
+        images = {can_id: catalog.resolve(can_id, name=options.get("firmware")) for can_id in can_ids}
+        async with master.use("checking boards before an update") as link:
+            method = choose_method(options.get("method", "auto"), link.capabilities)
+            scan = await link.scan()
+        credentials = await self._credentials(options) if method.joins_wifi else None
+        self._check_can_start(can_ids)  # again: the scan took a while
+        due = [can_id for can_id in can_ids if options.get("force") or not is_current(scan, images[can_id])]
+        return Plan(method, images, scan, credentials, due, int(options.get("timeout", DEFAULT_WINDOW_MS)))
+
+    def job(self, plan: Plan, can_id: int) -> SlaveMethod:
+        """The method instance for board ``can_id`` of ``plan``."""
+        master = self._require_master()
+        repository, name = self._repository(), plan.images[can_id].name
+
+        def obtain() -> Awaitable[VerifiedImage]:
+            return repository.obtain(can_id, name=name)
+
+        planned = PlannedJob(
+            can_id=can_id,
+            use_link=master.use,
+            obtain=obtain,
+            verify=self._verify,
+            before=plan.scan.node(can_id),
+            credentials=plan.credentials,
+            wifi_settings=self._wifi_settings(plan.window_ms) if plan.method.joins_wifi else None,
+        )
+        return plan.method.prepare(planned)
+
+    def _require_master(self) -> MasterConnection:
+        if self._master is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
+        return self._master
+
+
+def choose_method(asked: str, capabilities: frozenset[LinkCapability]) -> type[SlaveMethod]:
+    """The method for ``asked`` with a master that offers ``capabilities``. A method's module loads
+    only when it is asked about, in registry order (idle memory: a CANopen master never loads WiFi's).
+
+    :raises UnknownMethodError: no method of that name
+    :raises InvalidArgumentError: a method this master cannot carry out
+    """
+    if asked != "auto":
+        method = method_class(asked)
+        if method.needs in capabilities:
+            return method
+    fitting = next((name for name in METHODS if method_class(name).needs in capabilities), None)
+    if asked == "auto" and fitting is not None:
+        return method_class(fitting)
+    if asked == "auto":
+        raise InvalidArgumentError("the master offers no way to update a board (it did not identify itself)")
+    instead = f"; use {fitting!r}" if fitting else ""
+    raise InvalidArgumentError(f"{method_class(asked).unavailable} (method {asked!r}){instead}")
+
+
+def is_current(scan: ScanResult, image: ResolvedImage) -> bool:
+    """The board reports the very version the image carries (unknown either side: not current)."""
+    node = scan.node(image.can_id)
+    return node is not None and same_release(node.fw_version, image.version)
+
+
+def image_for(catalog: Catalog, can_id: int, reported: str | None) -> ResolvedImage | None:
+    """The image ``catalog`` has for a board that reports running ``reported``, if any."""
+    try:
+        return (
+            catalog.resolve_master()
+            if can_id == MASTER_CAN_ID
+            else catalog.resolve(can_id, reported_image=reported)
+        )
+    except FirmwareError:
+        return None
+
+
+def check_can_id(can_id: int, *, allow_all: bool = False) -> int:
+    """:raises InvalidArgumentError: outside 1..127 (0 too, unless ``allow_all``: 0 = every board)"""
+    low = 0 if allow_all else 1
+    if not low <= can_id <= MAX_CAN_ID:
+        raise InvalidArgumentError(f"CAN id must be {low}..{MAX_CAN_ID}, not {can_id}")
+    return can_id
