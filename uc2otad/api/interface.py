@@ -171,13 +171,13 @@ class OTA1Interface(ServiceInterface):
         reason = reason.strip()
         if not reason or len(reason) > MAX_REASON_LENGTH or not reason.isprintable():
             raise InvalidArgumentError(f"reason must be 1..{MAX_REASON_LENGTH} printable characters")
-        return self._engine.inhibit(reason, CALLER.get() or "unknown")
+        return self._engine.inhibitors.inhibit(reason, CALLER.get() or "unknown")
 
     @method(name="Uninhibit")
     @dbus_types("s")
     @translated
     async def uninhibit(self, cookie: str) -> None:
-        self._engine.uninhibit(cookie)
+        self._engine.inhibitors.uninhibit(cookie)
 
     # ---- USB flashing of the master ---------------------------------------------------------------
 
@@ -185,20 +185,20 @@ class OTA1Interface(ServiceInterface):
     @dbus_types(returns="aa{sv}")
     @translated
     async def list_serial_ports(self) -> list[VariantDict]:
-        return [to_variant_dict(port) for port in await self._engine.list_serial_ports()]
+        return [to_variant_dict(port) for port in await self._engine.usb.list_serial_ports()]
 
     @method(name="FlashMaster")
     @dbus_types("a{sv}", returns="a{sv}")
     @translated
     async def flash_master(self, options: VariantDict) -> VariantDict:
         values = check_options(read_options(options, FLASH_OPTIONS))
-        return to_variant_dict(self._engine.flash_master(values))
+        return to_variant_dict(self._engine.usb.flash_master(values))
 
     @method(name="GetUSBFlashStatus")
     @dbus_types(returns="a{sv}")
     @translated
     async def get_usb_flash_status(self) -> VariantDict:
-        return to_variant_dict(self._engine.usb_flash_status())
+        return to_variant_dict(self._engine.usb.current())
 
     # ---- signals ------------------------------------------------------------------------------------
 

@@ -104,5 +104,5 @@ class DBusService:
             CALLER.set(message.sender)
         elif message.message_type is MessageType.SIGNAL and message.member == "NameOwnerChanged":
             name, _old_owner, new_owner = message.body
-            if not new_owner and name in self._engine.inhibit_owners:
-                self._engine.release_owner(name)
+            if not new_owner and name in self._engine.inhibitors.owners:
+                self._engine.inhibitors.release_owner(name)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets as token
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uc2otad import secrets
 from uc2otad.contract import StatusDict
@@ -32,20 +32,17 @@ from uc2otad.engine.events import (
 from uc2otad.engine.inhibit import Inhibitors
 from uc2otad.engine.jobs import JobContext, JobManager
 from uc2otad.engine.master import MasterConnection, link_factory
-from uc2otad.engine.planning import Plan, Planner, check_can_id
+from uc2otad.engine.planning import Plan, Planner, check_can_id, wifi_credentials
 from uc2otad.engine.reconcile import ask_the_boards, provable
 from uc2otad.engine.scanning import scan_devices
 from uc2otad.engine.store import JobRecord, StatusStore
-from uc2otad.errors import ConfigError, InhibitedError, InvalidArgumentError, JobBusyError, LinkClosedError
+from uc2otad.engine.usb import MasterFlashing
+from uc2otad.errors import InhibitedError, InvalidArgumentError, JobBusyError, LinkClosedError
 from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer, normalize_server_url
 from uc2otad.methods.base import WifiCredentials
-from uc2otad.methods.usb.status import UsbFlashStatus
-
-if TYPE_CHECKING:
-    from uc2otad.methods.usb.flash import UsbFlasher
 
 __all__ = [
     "Engine",
@@ -110,9 +107,14 @@ class Engine:
         )
         #: asking the boards whether the updates a crash interrupted took (:meth:`start`): the jobs that did
         self.reconciling: asyncio.Task[list[JobRecord]] | None = None
-        # the flasher and its esptool code load on the first FlashMaster (idle memory, docs/benchmarks.md)
-        self._usb_flasher: UsbFlasher | None = None
-        self._usb_status = UsbFlashStatus(lambda status: self.events.emit(USBFlashChanged(status)))
+        self.usb = MasterFlashing(
+            config,
+            self.events,
+            self.master,
+            repository=lambda: self.repository,
+            jobs=self.jobs,
+            inhibitors=self.inhibitors,
+        )
         self._progress = OverallProgress()
 
     async def start(self) -> list[JobRecord]:
@@ -141,8 +143,7 @@ class Engine:
         if self.reconciling is not None:
             self.reconciling.cancel()
             await asyncio.wait({self.reconciling})
-        if self._usb_flasher is not None:
-            await self._usb_flasher.stop()  # a flash in progress is cancelled: esptool must not outlive us
+        await self.usb.stop()  # a flash in progress is cancelled: esptool must not outlive us
         if self.master is not None:
             self.master.leave()  # a stream stopped now does not wait for the master (issue 15, D9)
         await self.jobs.stop()  # their rows stay "running": reconciled at the next start
@@ -265,7 +266,7 @@ class Engine:
     def _check_can_start(self, can_ids: list[int]) -> None:
         if self.inhibitors.held:
             raise InhibitedError("updates are inhibited; see the Inhibited property")
-        if self.usb_flashing:
+        if self.usb.flashing:
             raise JobBusyError("the master CAN HAT is being flashed over USB; update the boards after it")
         for can_id in can_ids:
             if self.jobs.running(can_id):
@@ -294,8 +295,8 @@ class Engine:
 
     async def cancel(self, can_id: int) -> None:
         """:raises NoJobError, AlreadyCommittedError: see :meth:`JobManager.cancel`"""
-        if check_can_id(can_id) == MASTER_CAN_ID and self.usb_flashing:
-            await self.cancel_usb_flash()
+        if check_can_id(can_id) == MASTER_CAN_ID and self.usb.flashing:
+            await self.usb.cancel()
             return
         await self.jobs.cancel(check_can_id(can_id))
 
@@ -318,90 +319,7 @@ class Engine:
         return await asyncio.to_thread(secrets.read_password, self.state_dir)
 
     async def _wifi_credentials(self, options: Mapping[str, Any]) -> WifiCredentials:
-        """From the call, else the stored ones (SetWiFiCredentials).
-
-        :raises InvalidArgumentError: none anywhere, or ones the firmware cannot carry
-        """
-        ssid = options.get("ssid") or self.properties.wifi_ssid
-        if not ssid:
-            raise InvalidArgumentError(
-                "no WiFi credentials: pass ssid and password, or store them with SetWiFiCredentials"
-            )
-        if "password" in options:
-            password = options["password"]
-        else:  # the stored password belongs to the stored SSID only
-            password = await self.wifi_password() if ssid == self.properties.wifi_ssid else ""
-        try:
-            secrets.check_ssid(ssid, key="ssid")
-            secrets.check_password(password)
-        except ConfigError as err:
-            raise InvalidArgumentError(str(err)) from err
-        return WifiCredentials(ssid, password)
+        return await wifi_credentials(options, self.properties.wifi_ssid, self.wifi_password)
 
     async def _persist(self, values: Mapping[str, object]) -> None:
         await asyncio.to_thread(self.config.saved.save, values)
-
-    # ---- inhibit (:mod:`.inhibit`) ------------------------------------------------------------------
-
-    def inhibit(self, reason: str, owner: str) -> str:
-        return self.inhibitors.inhibit(reason, owner)
-
-    def uninhibit(self, cookie: str) -> None:
-        self.inhibitors.uninhibit(cookie)
-
-    def release_owner(self, owner: str) -> None:
-        self.inhibitors.release_owner(owner)
-
-    @property
-    def inhibit_owners(self) -> set[str]:
-        return self.inhibitors.owners
-
-    # ---- USB flashing ---------------------------------------------------------------------------------
-
-    @property
-    def usb_flashing(self) -> bool:
-        """The master is being flashed over USB: slave jobs must wait (they need its port)."""
-        return self._usb_flasher is not None and self._usb_flasher.running
-
-    def _flasher(self) -> UsbFlasher:
-        """The USB flasher, built on first use with the esptool code it loads (see ``__init__``)."""
-        if self._usb_flasher is None:
-            from uc2otad.methods.usb.flash import UsbFlasher  # noqa: PLC0415
-
-            master = self.config.master
-            self._usb_flasher = UsbFlasher(
-                settings=self.config.usb_flash(),  # loads esptool's code too
-                master=self.master,
-                hat_port=master.port if master is not None else "",
-                repository=lambda: self.repository,
-                status=self._usb_status,
-                slave_jobs_running=lambda: self.jobs.busy,
-                inhibited=lambda: self.inhibitors.held,
-                on_running=lambda running: self.events.set_property("busy", running or self.jobs.busy),
-            )
-        return self._usb_flasher
-
-    async def list_serial_ports(self) -> list[dict[str, Any]]:
-        """The document's ``listSerialPorts``: every serial port the OS lists."""
-        # loaded on first use, as the flasher (idle memory, docs/benchmarks.md)
-        from uc2otad.methods.usb.ports import list_serial_ports  # noqa: PLC0415
-
-        return [port.as_dict() for port in await list_serial_ports()]
-
-    def flash_master(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Start flashing the master over USB; returns at once (CONTRACT.md §1 FlashMaster, §4).
-
-        :raises InvalidArgumentError: an option out of range
-        :raises InhibitedError, JobBusyError: an inhibit is held; a flash or a slave job is running
-        """
-        from uc2otad.methods.usb.flash import FlashOptions  # noqa: PLC0415 - on first use, as the flasher
-
-        return self._flasher().start(FlashOptions.from_mapping(options))
-
-    def usb_flash_status(self) -> dict[str, Any]:
-        """The document's ``getUSBFlashStatus``; ``status`` "idle" before any flash."""
-        return dict(self._usb_status.current)
-
-    async def cancel_usb_flash(self) -> None:
-        """:raises NoJobError: no flash is running"""
-        await self._flasher().cancel()

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uc2otad.errors import FirmwareError, InvalidArgumentError, LinkClosedError
+from uc2otad import secrets
+from uc2otad.errors import ConfigError, FirmwareError, InvalidArgumentError, LinkClosedError
 from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS
@@ -116,6 +117,31 @@ class Planner:
         if self._master is None:
             raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
         return self._master
+
+
+async def wifi_credentials(
+    options: Mapping[str, Any], stored_ssid: str, stored_password: Callable[[], Awaitable[str]]
+) -> WifiCredentials:
+    """The call's WiFi credentials, else the stored ones (SetWiFiCredentials): the stored password
+    belongs to the stored SSID only.
+
+    :raises InvalidArgumentError: none anywhere, or ones the firmware cannot carry
+    """
+    ssid = options.get("ssid") or stored_ssid
+    if not ssid:
+        raise InvalidArgumentError(
+            "no WiFi credentials: pass ssid and password, or store them with SetWiFiCredentials"
+        )
+    if "password" in options:
+        password = options["password"]
+    else:
+        password = await stored_password() if ssid == stored_ssid else ""
+    try:
+        secrets.check_ssid(ssid, key="ssid")
+        secrets.check_password(password)
+    except ConfigError as err:
+        raise InvalidArgumentError(str(err)) from err
+    return WifiCredentials(ssid, password)
 
 
 def choose_method(asked: str, capabilities: frozenset[LinkCapability]) -> type[SlaveMethod]:
