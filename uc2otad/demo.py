@@ -38,7 +38,7 @@ from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.manifest import MANIFEST_NAME
 from uc2otad.sim.app_image import build_app_image
 from uc2otad.sim.nodes import DEFAULT_NODE_IDS, DEFAULT_VERSION
-from uc2otad.sim.private_bus import PrivateBus, PrivateBusError
+from uc2otad.sim.private_bus import PrivateBus, PrivateBusError, stop_process
 from uc2otad.sim.profiles import Profile, rodata_for
 
 #: the version the demo's firmware folder offers; the virtual boards start on DEFAULT_VERSION
@@ -48,8 +48,6 @@ NEW_BUILD_DATE, NEW_BUILD_TIME = "Oct 15 2026", "12:00:00"
 IMAGE_SIZE = 48 * 1024
 #: seconds a program may take to say it is ready (the simulator's JSON line, the daemon's READY=1)
 START_TIMEOUT = 30.0
-#: seconds between SIGTERM and SIGKILL when stopping a program
-STOP_TIMEOUT = 5.0
 #: seconds between two boards of the batch (the contract's default is 2; the demo has no need to wait)
 BATCH_DELAY = 0
 
@@ -208,20 +206,7 @@ def _started(
     try:
         yield process
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, wait, then SIGKILL; never leaves a zombie or an open pipe."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+        stop_process(process)
 
 
 def _first_line(process: subprocess.Popen[bytes], what: str) -> str:

@@ -123,17 +123,8 @@ class PrivateBus:
     def stop(self) -> None:
         """SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL; close its pipe. Safe to call twice."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        if process is not None:
+            stop_process(process)
 
     def __enter__(self) -> PrivateBus:
         self.start()
@@ -143,3 +134,16 @@ class PrivateBus:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL; never leaves a zombie or an open pipe."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
