@@ -171,6 +171,7 @@ def build_app_image(
     flash_mode: int = DEFAULT_FLASH_MODE,
     flash_size_freq: int = DEFAULT_FLASH_SIZE_FREQ,
     rodata: bytes = b"",
+    max_rev_full: int = 99,
 ) -> bytes:
     """An application image: DROM (app descriptor + rodata), DRAM, IRAM, IROM.
 
@@ -179,6 +180,8 @@ def build_app_image(
 
     ``segment_sizes`` are the DROM, DRAM, IRAM and IROM data lengths, rounded up to 4; DROM must be at
     least 256 when ``with_app_desc``. Without the descriptor the DROM segment holds plain rodata.
+    ``max_rev_full`` is the highest chip revision the image runs on (v0.99 by default; ESP-IDF 5 writes
+    399, v3.99, for the classic ESP32): esptool 4 refuses to write an image the board's revision exceeds.
     """
     layout = LAYOUTS[chip]
     drom_len, dram_len, iram_len, irom_len = (_pad4(size) for size in segment_sizes)
@@ -212,6 +215,7 @@ def build_app_image(
         entry=layout.iram + 0x1C,
         chip_id=layout.chip_id,
         hash_appended=hash_appended,
+        max_rev_full=max_rev_full,
     )
     return _assemble(header, segments, hash_appended)
 

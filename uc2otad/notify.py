@@ -1,10 +1,11 @@
 """sd_notify for ``Type=notify``: READY once the bus name is owned, STATUS, WATCHDOG, STOPPING.
 
-The protocol is one datagram of ``KEY=value`` lines to the socket named in ``NOTIFY_SOCKET`` (a path,
-or an abstract name starting with ``@``), as sd_notify(3) describes. Without ``NOTIFY_SOCKET`` (not
-started by systemd) every call is a no-op. The watchdog pings at half the interval systemd asks for in
-``WATCHDOG_USEC``, and only when it asks: a daemon with nothing to do must not wake up the Raspberry
-Pi for nothing.
+systemd-python's ``systemd.daemon.notify`` (libsystemd's sd_notify(3)) sends the ``KEY=value`` lines
+to the socket named in ``NOTIFY_SOCKET`` (a path, or an abstract name starting with ``@``). Without
+``NOTIFY_SOCKET`` (not started by systemd) every call is a no-op. The watchdog pings at half the
+interval systemd asks for in ``WATCHDOG_USEC``, and only when it asks: a daemon with nothing to do must
+not wake up the Raspberry Pi for nothing. systemd-python does not wrap sd_watchdog_enabled(3), so
+``WATCHDOG_USEC``/``WATCHDOG_PID`` are read here.
 """
 
 from __future__ import annotations
@@ -12,21 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
+
+from systemd.daemon import notify as sd_notify
 
 _LOGGER = logging.getLogger(__name__)
 
 
 def notify(*lines: str) -> None:
     """Send ``lines`` (``READY=1``, ``STATUS=…``) to the service manager, if there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as channel:
-            channel.sendto("\n".join(lines).encode(), address)
+        sd_notify("\n".join(lines))
     except OSError as err:  # the manager went away; nothing to tell it then
         _LOGGER.debug("notify: %s", err)
 

@@ -4,7 +4,9 @@ Run as root with the system's interpreter, after ``apt-get install ./uc2otad_*.d
 does both)::
 
     /usr/bin/python3 tests/installed/check_installed.py --sim .venv/bin/uc2otad-sim \
-        --sim-python .venv/bin/python
+        --sim-python .venv/bin/python --esptool .venv/bin/esptool --release 12
+
+(``--esptool ""`` and ``--release 13`` in tests/installed/trixie's Debian 13 chroot: Debian's esptool.)
 
 It starts a private system-type dbus-daemon whose policy is the default one of Debian's system bus plus
 the installed ``/usr/share/dbus-1/system.d/org.openuc2.OTA1.conf``, the virtual microscope (a legacy
@@ -13,7 +15,9 @@ master, so that an update takes the WiFi method and the WiFi password travels), 
 folders. Then, as users it creates: an unprivileged user reads the status but is refused every other
 method with ``org.freedesktop.DBus.Error.AccessDenied``; a member of group ``uc2ota`` stores WiFi
 credentials and updates a board through ``uc2otactl``; the password is found in no reply, property,
-signal, log line, journal entry or file the unprivileged user can read. And a burst of reads the
+signal, log line, journal entry or file the unprivileged user can read; the member flashes the master
+(FlashMaster) through the simulator's ROM loader with ``--esptool``; the compat probe finds the
+marshaller of the release's python3-dbus-fast broken (Debian 12) or fixed (13). And a burst of reads the
 unprivileged user may send (2 connections x 128 GetAllStatus that never read their replies, answered
 while dbus-daemon is not reading either) leaves the daemon on the bus and answering (issue 14, D1).
 
@@ -128,6 +132,13 @@ BURST_WINDOW = 1.0
 BURST_SENTINEL = "org.openuc2.OTA1.Check.NoSuchName"
 CAN_ID = 11
 SSID = "uc2-check"
+#: the master's own CAN id: sim_firmware.py writes its custom image (id_1_…), which FlashMaster takes
+MASTER_CAN_ID = 1
+#: seconds FlashMaster may take, esptool's runs included (the image is small; the loader is local)
+FLASH_TIMEOUT = 120.0
+#: whether the compat probe (uc2otad/api/compat_bus.py) must find dbus-fast's string marshaller fixed:
+#: Debian 12's python3-dbus-fast 1.84 has the bug, Debian 13's 2.44 has the fix
+MARSHALLER_FIXED = {12: False, 13: True}
 
 #: the default policy of Debian's /usr/share/dbus-1/system.conf, with our policy file included
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -559,14 +570,22 @@ def start_microscope(setup: Setup, args: argparse.Namespace, secret: str, ota_po
     private.mkdir(mode=0o700)
     firmware = setup.folder / "firmware"
     subprocess.run(
-        [args.sim_python, str(Path(__file__).with_name("sim_firmware.py")), str(firmware), str(CAN_ID), "20"],
+        [
+            args.sim_python,
+            str(Path(__file__).with_name("sim_firmware.py")),
+            str(firmware),
+            str(CAN_ID),
+            "20",
+            str(MASTER_CAN_ID),
+        ],
         check=True,
     )
     config = private / "microscope.toml"
     config.write_text(
         f'profile = "legacy"\n[wifi]\nssid = "{SSID}"\npassword = "{secret}"\nota_port = {ota_port}\n'
         "[timing]\nnode_boot_time = 0.1\nwifi_join_time = 0.05\nlegacy_scan_wait = 0.05\n"
-        "restart_delay = 0.1\n"
+        # the chip of sim_firmware.py's images, so that FlashMaster's image fits the master's ROM loader
+        'restart_delay = 0.1\n[master]\nchip = "esp32s3"\n'
     )
     log = (setup.folder / "microscope.log").open("ab")
     process = subprocess.Popen(
@@ -603,7 +622,7 @@ def unit_umask() -> int:
     return int(match.group(1), 8)
 
 
-def start_daemon(setup: Setup, microscope: dict[str, Any], ota_port: int) -> None:
+def start_daemon(setup: Setup, microscope: dict[str, Any], ota_port: int, esptool: str = "") -> None:
     """The installed daemon as root, as the unit starts it (plus test timings and the simulator's ports)."""
     config = setup.folder / "uc2otad.toml"
     config.write_text(
@@ -611,6 +630,8 @@ def start_daemon(setup: Setup, microscope: dict[str, Any], ota_port: int) -> Non
         "[firmware]\nattempts = 1\n"
         f"[wifi]\nota_port = {ota_port}\njoin_timeout = 5.0\ninvite_timeout = 1.0\nchunk_timeout = 5.0\n"
         'host_ip = "127.0.0.1"\n'
+        "[usb]\nreboot_wait = 0.1\nreconnect_window = 15.0\n"
+        + (f"esptool = {json.dumps(esptool)}\n" if esptool else "")
     )
     notify_path = setup.folder / "notify.socket"
     setup.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -738,8 +759,9 @@ def check_files() -> None:
     passed(f"group {GROUP} exists (gid {gid}, from sysusers.d)")
 
 
-def check_code() -> None:
-    """The daemon imports from the package's folder, with Debian's libraries; the simulator is not there."""
+def check_code(release: int) -> None:
+    """The daemon imports from the package's folder, with Debian's libraries; the simulator is not there.
+    The compat probe finds the string marshaller of this release's dbus-fast as it is (fixed from 2.10)."""
     import importlib.util  # noqa: PLC0415
 
     import dbus_fast  # noqa: PLC0415
@@ -759,6 +781,18 @@ def check_code() -> None:
     passed(
         f"/usr/bin/python3 {sys.version.split()[0]} runs uc2otad {uc2otad.__version__} from {SITE_PACKAGES} "
         f"with Debian's python3-dbus-fast {version}; no simulator in the package"
+    )
+    from uc2otad.api.compat_bus import marshals_utf8  # noqa: PLC0415
+
+    fixed = marshals_utf8()
+    expect(
+        fixed is MARSHALLER_FIXED[release],
+        f"compat probe on Debian {release}: python3-dbus-fast {version}'s marshaller found "
+        f"{'fixed' if fixed else 'broken'}, expected {'fixed' if MARSHALLER_FIXED[release] else 'broken'}",
+    )
+    passed(
+        f"compat probe (uc2otad/api/compat_bus.py): python3-dbus-fast {version} marshals a non-ASCII "
+        f"string's UTF-8 size {'right: the work-around is off' if fixed else 'wrong: the work-around is on'}"
     )
 
 
@@ -892,6 +926,28 @@ def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
     return signals
 
 
+def check_flash_master(microscope: dict[str, Any], esptool: str) -> None:
+    """The uc2ota member flashes the master (FlashMaster) through the simulator's ROM loader with the
+    esptool this release has (Debian 13: its own 4.7; Debian 12: the documented venv's), and the master
+    comes back running the new image."""
+    port = microscope["rom_loader"]
+    started = call(OPERATOR, BUS_NAME, "FlashMaster", "a{sv}", [{"port": port}])
+    expect("ok" in started and started["ok"][0].get("status") == "started", f"FlashMaster answered {started}")
+    deadline = time.monotonic() + FLASH_TIMEOUT
+    while True:
+        status = call(READER, BUS_NAME, "GetUSBFlashStatus")["ok"][0]
+        if status.get("status") in {"success", "failed"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    expect(status.get("status") == "success", f"FlashMaster ended {status}")
+    which = esptool or "python3 -m esptool (the system's)"
+    passed(
+        f"{OPERATOR}: FlashMaster through the ROM loader at {port} with {which}: {status['firmware']} at "
+        f"{status['flash_offset']:#x} on the {status['chip']}; the master came back on its link"
+        + (f" running {status['firmware_version']}" if status.get("firmware_version") else "")
+    )
+
+
 @contextlib.contextmanager
 def paused(process: subprocess.Popen[Any] | PrivateBus) -> Iterator[None]:
     """SIGSTOP ``process`` for the block, SIGCONT after it (also when the block fails)."""
@@ -1002,7 +1058,7 @@ def check_logs(setup: Setup, secret: str) -> None:
 
 def check_all(setup: Setup, args: argparse.Namespace) -> None:
     check_files()
-    check_code()
+    check_code(args.release)
     check_policy_covers_interface()
     setup.users += [ensure_user(READER, []), ensure_user(OPERATOR, [GROUP])]
     secret = secrets.token_urlsafe(24)
@@ -1011,13 +1067,14 @@ def check_all(setup: Setup, args: argparse.Namespace) -> None:
     start_bus(setup)
     ota_port = free_udp_port()
     microscope = start_microscope(setup, args, secret, ota_port)
-    start_daemon(setup, microscope, ota_port)
+    start_daemon(setup, microscope, ota_port, args.esptool)
     passed(
         "the installed uc2otad owns org.openuc2.OTA1 on a system bus with the installed policy; "
         "READY=1 and WATCHDOG=1 arrived"
     )
     check_reader(secret)
     check_operator(setup, secret)
+    check_flash_master(microscope, args.esptool)
     check_reader(secret)  # again, now that a password is stored and a board was updated
     check_secret_at_rest(setup, secret)
     check_read_burst(setup)
@@ -1043,6 +1100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sim", required=True, help="uc2otad-sim (the repository's .venv/bin/uc2otad-sim)")
     parser.add_argument("--sim-python", required=True, help="a Python with the repository's uc2otad")
+    parser.add_argument(
+        "--esptool", default="", help="the daemon's [usb] esptool (default: python3 -m esptool, the system's)"
+    )
+    parser.add_argument(
+        "--release", type=int, choices=sorted(MARSHALLER_FIXED), default=12, help="Debian release (12, 13)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs) afterwards")
     args = parser.parse_args(arguments)
     if os.geteuid() != 0 or not DAEMON.exists() or shutil.which("setpriv") is None:

@@ -4,7 +4,8 @@ One flash at a time, never while a slave job runs (both ways: the engine asks :a
 before a slave job). The steps follow the procedure document's workflow and status table
 (:mod:`.status`):
 
-1. before touching anything: esptool runnable, the port chosen (CONTRACT.md §4) and openable;
+1. before touching anything: esptool runnable, the port chosen (CONTRACT.md §4) and openable, and
+   which esptool it is (its spelling, its flasher stub: ``esptool.detect``);
 2. the master link released (closed, reconnecting suspended), the image fetched into the cache; the
    flash holds the bytes the cache verified, and esptool reads a private copy of them, so a
    ClearFirmwareCache during the flash takes the cache's file, never the image being written;
@@ -396,6 +397,7 @@ class UsbFlasher:
         tool = Esptool(port, baud=options.baud, settings=self._settings.esptool, on_line=tail.append)
         await tool.check_available()
         await check_port_access(port)
+        await tool.detect()  # which esptool: how to spell its command lines, whether it has its stub
         self.status.learn(port=port)
         self.status.step(UsbStep.DISCONNECTING)
         async with self._released():
