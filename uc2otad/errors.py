@@ -36,7 +36,8 @@ Uc2otadError
 │   ├── EventOverflowError                 a listener fell so far behind that events were lost
 │   ├── LinkBusyError                      another task holds the link (a firmware stream)  (none)
 │   └── MasterError                        the master answered with an error            master_error
-│       └── MasterUnsupportedError         its firmware lacks the method (WiFi OTA or streaming)  master_error
+│       ├── MasterUnsupportedError         its firmware lacks the method (WiFi OTA or streaming)  master_error
+│       └── NodeTimeoutError (TimeoutError)  a node gave no SDO answer in time (direct CAN)    master_error
 ├── WifiJoinError                       the slave could not join WiFi (1) or start ArduinoOTA (2)  wifi_failed
 │   └── WifiJoinTimeoutError (TimeoutError)  the slave did not report back in time              wifi_failed
 ├── UploadError                         an ArduinoOTA upload failed; carries the board's own text
@@ -358,6 +359,14 @@ class MasterError(LinkError):
 class MasterUnsupportedError(MasterError):
     """The master's firmware has no such command: a CANopen master has no WiFi OTA (it ignores the
     ``ota`` key), a legacy master no ``/ota_start`` (it never answers). Refused before anything is sent."""
+
+
+class NodeTimeoutError(MasterError, TimeoutError):
+    """A node did not answer an SDO request in time, on a link that talks CANopen itself (direct CAN).
+
+    ``code`` is the master's code for the step (``crc_write_failed``, ``size_write_failed``,
+    ``sdo_chunk_failed``…), so a job's status reads as on the master path, where the master reports the
+    same silence with that code."""
 
 
 class WifiJoinError(Uc2otadError):

@@ -135,3 +135,10 @@ class SimCanBus:
             that send from worker threads
         """
         return CanPort(self, listeners, filters=filters, loop=loop, wait_for_wire=wait_for_wire)
+
+    def raw_bus(self) -> _PacedVirtualBus:
+        """A bare python-can bus on the channel, for a participant that reads it itself (another
+        process's client, ``remote_bus.py``): it hears every frame, and its sends take their wire time
+        in the sending thread when the rate model is on. ``wake_up()`` ends a read; ``shutdown()`` leaves.
+        """
+        return _PacedVirtualBus(self.channel, self.clock, wait_for_wire=True, filters=None)

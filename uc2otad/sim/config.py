@@ -10,6 +10,7 @@ default silently kept)::
                chip = "esp32" | "esp32s3"   (whose ROM loader esptool reaches; the CAN HAT's is esp32)
     [wifi]     ssid = "uc2-lab"   password = "uc2-lab-pass"   ota_port = 3232   (the slaves' ArduinoOTA)
     [can]      bitrate = 500000   paced = false   (paced: frames take their time on the wire)
+               remote = true   (serve the bus to other processes: python-can interface "remote")
     [firmware] dir = "firmware"          (relative to the file)
     [timing]   restart_delay = 0.2 …     (any field of MasterTiming, seconds)
     [[nodes]]  id = 11   role = "motor"   version = "…"   build = "…"   profile = …   (default: the master's)
@@ -75,6 +76,8 @@ class SimConfig:
     ota_port: int = ARDUINO_OTA_PORT
     #: the CAN-rate model: off unless ``paced``
     can: CanRate = field(default_factory=CanRate)
+    #: serve the CAN bus on ``ws://127.0.0.1:P/`` for other processes (``remote_bus.py``)
+    can_remote: bool = True
     #: served as the firmware server when set
     firmware_dir: Path | None = None
     timing: MasterTiming = field(default_factory=MasterTiming)
@@ -95,7 +98,7 @@ def load_config(path: Path | None) -> SimConfig:
     master_keys = {"profile", "version", "build", "baud", "log_noise", "serial_link", "socket", "chip"}
     master = _table(document, "master", master_keys)
     wifi = _table(document, "wifi", {"ssid", "password", "ota_port"})
-    can = _table(document, "can", {"bitrate", "paced"})
+    can = _table(document, "can", {"bitrate", "paced", "remote"})
     firmware = _table(document, "firmware", {"dir"})
     timing = _table(document, "timing", {item.name for item in fields(MasterTiming)})
     defaults = SimConfig()
@@ -114,6 +117,7 @@ def load_config(path: Path | None) -> SimConfig:
         password=_get(wifi, "wifi.password", str, defaults.password),
         ota_port=_get(wifi, "wifi.ota_port", int, defaults.ota_port),
         can=_can_rate(can),
+        can_remote=_get(can, "can.remote", bool, defaults.can_remote),
         firmware_dir=_path(path, firmware.get("dir"), "firmware.dir"),
         timing=MasterTiming(**{key: _seconds(value, f"timing.{key}") for key, value in timing.items()}),
     )

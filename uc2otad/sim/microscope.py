@@ -23,6 +23,7 @@ from uc2otad.sim.firmware_server import SimFirmwareServer
 from uc2otad.sim.master import MasterIdentity, VirtualMaster
 from uc2otad.sim.profiles import PROFILES
 from uc2otad.sim.pty_port import PtyPort
+from uc2otad.sim.remote_bus import RemoteBusServer
 from uc2otad.sim.rom_loader import RomLoader, RomLoaderConfig
 from uc2otad.sim.socket_port import SocketPort
 from uc2otad.sim.wifi_ota import WifiNetwork
@@ -64,6 +65,8 @@ class VirtualMicroscope:
         self._pty: PtyPort | None = None
         self.socket: SocketPort | None = None
         self.firmware: SimFirmwareServer | None = None
+        #: the CAN bus served to other processes (``[can] remote``)
+        self.can_server: RemoteBusServer | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     async def start(self) -> None:
@@ -94,6 +97,10 @@ class VirtualMicroscope:
             stack.push_async_callback(self.rom_loader.stop)
             await self.master.start()
             stack.push_async_callback(self.master.stop)
+            if self.config.can_remote:  # after the slaves are on the bus, stopped before they leave it
+                self.can_server = RemoteBusServer(self.master.can_bus)
+                await self.can_server.start()
+                stack.push_async_callback(self.can_server.stop)
             self._stack = stack.pop_all()
         _LOGGER.info("virtual microscope ready on %s", self._pty.path)
 
@@ -141,7 +148,9 @@ class VirtualMicroscope:
 
         Beyond the contract: ``serial_link`` (a path that follows the pty when the port vanishes and
         returns), ``serial_socket`` (the master over TCP), ``master`` ("canopen" or "legacy") and the
-        firmware ``profile`` of the master and of each node.
+        firmware ``profile`` of the master and of each node, and ``can``: how another process joins the
+        CAN bus (``can.Bus(interface=…, channel=…)``), its ``bitrate`` and whether it is ``paced``; None
+        with ``[can] remote = false``.
         """
         return {
             "serial_port": self.pty.path,
@@ -162,4 +171,5 @@ class VirtualMicroscope:
             "serial_socket": self.socket.url if self.socket is not None else None,
             "master": self.master.kind.value,
             "profile": self.master.identity.profile.name.value,
+            "can": self.can_server.client_config() if self.can_server is not None else None,
         }
