@@ -22,7 +22,7 @@ from dbus_client import wait_for_property
 from dbus_fast.aio import MessageBus
 from espimage import build_app_image, build_merged_image
 from esptool4 import esptool4
-from usbflash import FlashSignals, flash_master, row
+from usbflash import FlashSignals, flash_master, flash_merged_with_erase, row
 
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.master import MasterTiming
@@ -133,20 +133,7 @@ async def test_a_merged_image_with_erase_lands_on_an_erased_flash(
     await wait_for_property(client, "MasterConnected", True)
     signals = await FlashSignals(client).subscribe()
     loader = microscope.rom_loader
-    loader.flash.load(0x300000, b"old data")  # something the erase must remove
-
-    await flash_master(client, port=loader.url, erase_flash=True)
-    final = await signals.final()
-
-    assert final["status"] == "success", final
-    assert loader.flash.read(0, len(MERGED)) == MERGED
-    assert loader.flash.read(0x300000, 8) == b"\xff" * 8
-    assert signals.table_rows() == [
-        row("disconnecting"), row("downloading"), row("downloaded", firmware=MERGED_NAME),
-        row("port", port=loader.url), row("erasing"), row("erased"), row("writing"), row("written"),
-        row("reconnecting"), row("success"),
-    ]  # fmt: skip
-    assert (final["flash_offset"], final["firmware_version"]) == (0, NEW_VERSION)
+    await flash_merged_with_erase(client, loader, signals, MERGED, MERGED_NAME, NEW_VERSION)
     if setup == "pypi":
         assert loader.counters.commands["ERASE_FLASH"] == 1  # the stub's chip erase
     else:  # the ROM erased the whole flash for a FLASH_DEFL_BEGIN of 4 MB of 0xFF

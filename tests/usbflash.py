@@ -10,6 +10,7 @@ from dbus_fast.aio import MessageBus
 from signals import SignalCollector
 
 from uc2otad.api import names
+from uc2otad.sim.rom_loader import RomLoader
 
 #: seconds a flash may take to reach the status a test waits for (esptool starts in ~0.4 s per run)
 FLASH_TIMEOUT = 20.0
@@ -81,3 +82,23 @@ async def flash_master(client: MessageBus, **options: Any) -> dict[str, Any]:
 def row(name: str, **values: str) -> tuple[int, str, str]:
     progress, status, message = TABLE[name]
     return progress, status, message.format(**values)
+
+
+async def flash_merged_with_erase(
+    client: MessageBus, loader: RomLoader, signals: FlashSignals, image: bytes, name: str, version: str
+) -> dict[str, Any]:
+    """FlashMaster with ``erase_flash`` through the simulator's ROM ``loader``: the merged ``image`` lands
+    at 0, what was beyond it is erased, the steps are the document's table; the final status."""
+    loader.flash.load(0x300000, b"old data")  # something the erase must remove
+    await flash_master(client, port=loader.url, erase_flash=True)  # erase picks the merged image
+    final = await signals.final()
+    assert final["status"] == "success", final
+    assert loader.flash.read(0, len(image)) == image
+    assert loader.flash.read(0x300000, 8) == b"\xff" * 8
+    assert signals.table_rows() == [
+        row("disconnecting"), row("downloading"), row("downloaded", firmware=name),
+        row("port", port=loader.url), row("erasing"), row("erased"), row("writing"), row("written"),
+        row("reconnecting"), row("success"),
+    ]  # fmt: skip
+    assert (final["flash_offset"], final["firmware_version"]) == (0, version)
+    return final
