@@ -203,7 +203,7 @@ async def test_a_node_gone_silent_is_a_timeout() -> None:
         with pytest.raises(NodeTimeoutError) as caught:
             await link.stream_ota(NODE, IMAGE)
     assert isinstance(caught.value, TimeoutError)
-    assert (caught.value.code, caught.value.error_code) == ("crc_write_failed", "master_error")
+    assert (caught.value.code, caught.value.error_code) == ("crc_write_failed", "upload_timeout")
 
 
 async def test_a_node_that_stalls_mid_image_is_a_timeout() -> None:

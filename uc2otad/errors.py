@@ -365,8 +365,11 @@ class NodeTimeoutError(MasterError, TimeoutError):
     """A node did not answer an SDO request in time, on a link that talks CANopen itself (direct CAN).
 
     ``code`` is the master's code for the step (``crc_write_failed``, ``size_write_failed``,
-    ``sdo_chunk_failed``…), so a job's status reads as on the master path, where the master reports the
-    same silence with that code."""
+    ``sdo_chunk_failed``…), so ``upload_error`` reads as on the master path. The job's ``error_code``
+    is ``upload_timeout``, retried: the daemon saw the silence itself, where through the master it only
+    hears the master's word for it (``master_error``)."""
+
+    error_code = ErrorCode.UPLOAD_TIMEOUT
 
 
 class WifiJoinError(Uc2otadError):

@@ -609,11 +609,13 @@ class CanDirectLink:
         if not self.heard(node_id):
             return NodeInfo(node_id, device_type, role, reachable=False, status="unreachable")
         texts: dict[int, str | None] = {}
+        speaks_canopen = False
         try:
             await self._sdo(node_id, self.settings.sdo_timeout, lambda sdo: sdo.upload(DEVICE_TYPE, 0))
         except _SdoFailedError as failure:
             _LOGGER.info("%s: node %d heard but no CANopen answer: %s", self.name, node_id, failure)
         else:
+            speaks_canopen = True
             for index in (BUILD_TIME, FIRMWARE_VERSION, MAC_ADDRESS, IMAGE_NAME):
                 texts[index] = await self._read_text(node_id, index)
         return NodeInfo(
@@ -627,6 +629,7 @@ class CanDirectLink:
             fw_image=texts.get(IMAGE_NAME),
             mac=texts.get(MAC_ADDRESS),
             answered=any(texts.get(index) for index in (BUILD_TIME, FIRMWARE_VERSION, MAC_ADDRESS)),
+            canopen=speaks_canopen,
         )
 
     async def _read_text(self, node_id: int, index: int) -> str | None:

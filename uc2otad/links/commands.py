@@ -95,6 +95,9 @@ class NodeInfo:
     fw_image: str | None = None
     mac: str | None = None
     answered: bool = False
+    #: the node answered an SDO read of 0x1000 (device type, the one object CiA 301 makes mandatory)
+    #: on a link that talks CANopen itself: a direct CAN link can update it without the master
+    canopen: bool = False
 
 
 @dataclass(frozen=True)
