@@ -34,6 +34,7 @@ FAST = MasterTiming(
     ota_commit_time=0.0,
     sdo_server_timeout=0.3,
     ota_idle_reset=0.5,
+    ota_watchdog_period=0.05,
     partition_erase_time=0.4,
 )
 NETWORK = WifiNetwork("uc2-lab", "uc2-lab-pass")

@@ -31,7 +31,7 @@ from uc2otad.links.can_direct import (
     CanDirectLink,
     CanSettings,
 )
-from uc2otad.links.protocol import LinkCapability, UpdateLink
+from uc2otad.links.protocol import LinkCapability, UpdateLink, WifiTriggerLink
 from uc2otad.sim.canopen_slave import CanOpenSlave
 from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, NodeFaults, NodeSpec, default_node, mac_for
 from uc2otad.sim.ota_objects import OtaStatus
@@ -111,6 +111,8 @@ def error_frame(classes: int, status: int = 0) -> can.Message:
 
 def test_the_link_satisfies_the_update_protocol() -> None:
     link: UpdateLink = CanDirectLink()
+    wifi: WifiTriggerLink = CanDirectLink()  # structurally: it offers the WiFi trigger, and refuses it
+    assert wifi.capabilities == frozenset()
     assert link.name == "can:socketcan:can0"
     assert link.identity is None  # no master in the path
     assert link.capabilities == frozenset()  # closed
@@ -217,14 +219,16 @@ async def test_a_node_that_stalls_mid_image_is_a_timeout() -> None:
 
 async def test_a_lost_acknowledgement_is_an_error(lossy: dict[str, Any]) -> None:
     # the node's first sub-block acknowledgement (0xA2) never reaches the link: the node waits for the
-    # next sub-block, the link for the acknowledgement; the node's SDO server gives up first (1 s in
-    # CANopenNode against the master's 15 s; 0.3 s against 0.5 s here) and aborts with "timed out"
+    # next sub-block, the link for the acknowledgement; CANopenNode's sub-block timeout (0.7 of its SDO
+    # timeout, CO_SDOserver.c:338, 1186-1198 @063e5a6) acknowledges again, naming no segment of the new
+    # sub-block; the link takes that for the lost one and sends the sub-block again, which the node
+    # takes as more data: more than the initiate indicated, "length too high" (:528-533)
     lossy["receive"] = lambda msg: msg.arbitration_id == 0x580 + NODE and msg.data[0] == 0xA2
     async with on_bus(interface=LOSSY) as (slave, link):
         with pytest.raises(MasterError) as caught:
             await link.stream_ota(NODE, IMAGE)
         assert slave.running_image is None
-    assert (caught.value.code, caught.value.details["abort_code"]) == ("sdo_chunk_failed", "0x05040000")
+    assert (caught.value.code, caught.value.details["abort_code"]) == ("sdo_chunk_failed", "0x06070012")
 
 
 async def test_a_lost_segment_is_sent_again(lossy: dict[str, Any]) -> None:
@@ -282,6 +286,25 @@ async def test_the_link_is_held_while_it_streams() -> None:
             await link.stream_ota(NODE, IMAGE)
         release.set()
         await holder
+
+
+async def test_tasks_started_inside_the_hold_may_use_the_link() -> None:
+    # the hold is a context variable (links/holder.py): a task inherits it from the block that starts it
+    async with on_bus() as (_slave, link):
+        async with link.exclusive("a stream and its helpers"):
+            inside = asyncio.create_task(link.scan())
+            assert (await inside).node(NODE) is not None
+        release = asyncio.Event()
+
+        async def outsider() -> None:
+            await release.wait()
+            await link.scan()
+
+        task = asyncio.create_task(outsider())  # started outside the hold
+        async with link.exclusive("a stream"):
+            release.set()
+            with pytest.raises(LinkBusyError, match="held for a stream"):
+                await task
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def test_root_owns_the_name_and_uc2ota_may_call_everything() -> None:
 def test_default_config_lists_every_setting_with_its_default() -> None:
     text = DEFAULT_CONFIG.read_text()
     assert tomllib.loads(text) == {
-        key: {} for key in ("serial", "firmware", "wifi", "update", "usb", "daemon")
+        key: {} for key in ("serial", "firmware", "wifi", "update", "usb", "daemon", "can")
     }
     uncommented = re.sub(r"^#(?=[\w\[\"])", "", text, flags=re.MULTILINE)
     values = settings.flatten(tomllib.loads(uncommented))

@@ -71,6 +71,10 @@ def test_a_missing_config_file_means_defaults(tmp_path: Path) -> None:
         ("[serial]\nspeed = 1\n", "serial.speed"),
         ('serial = "x"\n', "serial"),
         ('[catalog.images]\n"11" = ["../x.bin"]\n', "catalog.images.11"),
+        ("[can]\nbitrate = 0\n", "can.bitrate"),
+        ('[can]\nchannel = ""\n', "can.channel"),
+        ("[can]\nsize_write_timeout = 0\n", "can.size_write_timeout"),
+        ("[can]\ninterface = 1\n", "can.interface"),
     ],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
@@ -117,3 +121,22 @@ def test_a_bad_password_is_refused_without_repeating_it(password: str) -> None:
     with pytest.raises(ConfigError) as caught:
         check_password(password)
     assert password not in str(caught.value)
+
+
+def test_the_direct_can_link_is_built_only_when_an_interface_is_named(tmp_path: Path) -> None:
+    # imports here: the composition root loads python-can and canopen only for a configured link
+    from uc2otad.compose import can_settings, engine_config, with_defaults  # noqa: PLC0415
+
+    state = {"daemon.state_dir": str(tmp_path)}
+    without, _ = load(tmp_path / "absent.toml", state)
+    assert engine_config(without, {}).can_link is None
+    config = write_config(
+        tmp_path / "uc2otad.toml", '[can]\ninterface = "socketcan"\nsize_write_timeout = 30\n'
+    )
+    named, _ = load(config, {**state, "can.channel": "can1"})
+    link = engine_config(named, {}).can_link
+    assert link is not None and link().name == "can:socketcan:can1"  # built, not opened
+    built = can_settings(named)
+    assert (built.channel, built.bitrate, built.size_write_timeout) == ("can1", 500_000, 30.0)
+    shown = with_defaults(named)
+    assert (shown.can_channel, shown.can_bitrate, shown.can_block_timeout) == ("can1", 500_000, 15.0)

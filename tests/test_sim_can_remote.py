@@ -23,6 +23,7 @@ from can_remote.websocket import WebsocketClosed
 from test_sim_cli import simulator, stop
 
 from uc2otad.errors import ConfigError
+from uc2otad.sim.can_bus import SOCKETCAN_TX_QUEUE
 from uc2otad.sim.can_rate import CanRate
 from uc2otad.sim.config import load_config
 from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, mac_for
@@ -193,7 +194,8 @@ async def test_paced_bus_paces_a_remote_sender(tmp_path: Path) -> None:
         frames = [f for f in await asyncio.to_thread(burst) if f.arbitration_id == TEST_ID]
     wire = CanRate(bitrate=bitrate, paced=True).frame_seconds(TEST_ID, bytes(8))
     spread = frames[-1].timestamp - frames[0].timestamp
-    assert spread >= 0.9 * (count - 1) * wire, (spread, wire)
+    # the sender may run a transmit queue (up to twice its length) ahead of the wire, as on SocketCAN
+    assert spread >= 0.9 * (count - 1 - 2 * SOCKETCAN_TX_QUEUE) * wire, (spread, wire)
 
 
 async def test_stopping_the_simulator_drops_a_connected_client() -> None:

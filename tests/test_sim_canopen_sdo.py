@@ -13,12 +13,14 @@ import asyncio
 import binascii
 import struct
 import zlib
+from dataclasses import replace
 
 import pytest
 from canopen.sdo.exceptions import SdoAbortedError
 from espimage import build_app_image
-from simcan import FAST, canopen_node, raw_peer, slave_on_bus
+from simcan import FAST, RawPeer, canopen_node, raw_peer, slave_on_bus
 
+from uc2otad.sim.canopen_slave import CanOpenSlave
 from uc2otad.sim.nodes import default_node
 
 NODE = 11
@@ -144,6 +146,11 @@ async def test_a_client_that_falls_silent_mid_transfer_is_aborted_by_the_server_
         peer.send(REQUEST, initiate(0xC6, IMAGE_OBJECT, 0, struct.pack("<I", 100)))
         await peer.next(RESPONSE)
         peer.send(REQUEST, segments(bytes(14))[0])
+        # first CANopenNode's sub-block timeout, 0.7 of the SDO timeout, acknowledges the one segment that
+        # came (CO_SDOserver.c:338, 1186-1198 @063e5a6); the SDO timeout itself is not reset by that
+        # acknowledgement (:1468) and aborts the transfer
+        ack = await peer.next(RESPONSE, seconds=FAST.sdo_server_timeout + 1)
+        assert (ack[0], ack[1], ack[2]) == (0xA2, 1, 127)
         abort = await peer.next(RESPONSE, seconds=FAST.sdo_server_timeout + 1)
     assert abort_code(abort) == 0x0504_0000  # SDO protocol timed out
     assert struct.unpack_from("<HB", abort, 1) == (IMAGE_OBJECT, 0)
@@ -155,3 +162,103 @@ async def test_a_segment_with_the_wrong_toggle_bit_aborts_a_segmented_download()
         assert (await peer.next(RESPONSE))[0] == 0x60
         peer.send(REQUEST, bytes([0x10 | (3 << 1) | 1]) + b"\x01\x02\x03\x04" + bytes(3))  # toggle 1
         assert abort_code(await peer.next(RESPONSE)) == 0x0503_0000
+
+
+# ---- CANopenNode's sub-block handling, as FW-main's slaves run it ---------------------------------------
+# (lib/ESP32_CanOpenNode/src/301/CO_SDOserver.c @063e5a6 of youseetoo/uc2-esp32)
+
+#: an app's first byte, and 10 segments in one sub-block
+SMALL_IMAGE = b"\xe9" + bytes(range(69))
+
+
+async def begin_block_download(peer: RawPeer, image: bytes) -> None:
+    """The size write and the block download's initiate, answered."""
+    peer.send(REQUEST, expedited_write(SIZE_OBJECT, len(image)))
+    assert (await peer.next(RESPONSE))[0] == 0x60
+    peer.send(REQUEST, initiate(0xC6, IMAGE_OBJECT, 0, struct.pack("<I", len(image))))
+    assert (await peer.next(RESPONSE))[0] & 0xE0 == 0xA0
+
+
+async def finish(peer: RawPeer, slave: CanOpenSlave, image: bytes) -> None:
+    """The end frame, its answer, and the node booting the image."""
+    peer.send(REQUEST, block_end(image))
+    assert (await peer.next(RESPONSE))[0] == 0xA1
+    async with asyncio.timeout(2):
+        await slave.wait_until(lambda booted: booted.running_image is not None)
+    assert slave.running_image == image
+
+
+async def test_a_gap_in_the_sequence_is_acknowledged_at_once() -> None:
+    # a segment out of sequence breaks the sub-block there and then (CO_SDOserver.c:105-110): the
+    # acknowledgement does not wait for the end of the client's sub-block, whose rest is ignored
+    sent = segments(SMALL_IMAGE)
+    async with slave_on_bus() as (slave, bus), raw_peer(bus) as peer:
+        await begin_block_download(peer, SMALL_IMAGE)
+        for frame in sent[:3] + sent[4:5]:  # 1, 2, 3, then 5: segment 4 is lost
+            peer.send(REQUEST, frame)
+        assert (await peer.next(RESPONSE))[:3] == bytes([0xA2, 3, 127])
+        for frame in sent[5:]:  # the rest of the broken sub-block, the last flag included: ignored
+            peer.send(REQUEST, frame)
+        for frame in segments(SMALL_IMAGE[21:]):  # the client starts over after segment 3
+            peer.send(REQUEST, frame)
+        assert (await peer.next(RESPONSE))[:2] == bytes([0xA2, 7])
+        await finish(peer, slave, SMALL_IMAGE)
+
+
+async def test_a_lost_last_segment_is_acknowledged_by_the_sub_block_timeout() -> None:
+    # no segment for 0.7 of the SDO timeout (CO_SDOserver.c:338, 1186-1198): the server acknowledges
+    # what came, and the client sends the rest; the transfer is not aborted
+    # (the SDO timeout still runs from the last segment: 1.5 s leaves the client 0.45 s to go on; nothing
+    # reaches the flash meanwhile, so the OTA watchdog must not strike first)
+    sent = segments(SMALL_IMAGE)
+    timing = replace(FAST, sdo_server_timeout=1.5, ota_idle_reset=5.0)
+    async with slave_on_bus(timing=timing) as (slave, bus), raw_peer(bus) as peer:
+        await begin_block_download(peer, SMALL_IMAGE)
+        started = asyncio.get_running_loop().time()
+        for frame in sent[:-1]:  # the last segment (10, flagged last) is lost
+            peer.send(REQUEST, frame)
+        assert (await peer.next(RESPONSE, seconds=timing.sdo_server_timeout))[:3] == bytes([0xA2, 9, 127])
+        assert asyncio.get_running_loop().time() - started >= 0.7 * timing.sdo_server_timeout
+        peer.send(REQUEST, bytes([0x81]) + sent[-1][1:])  # segment 10 again, now number 1 of its sub-block
+        assert (await peer.next(RESPONSE))[:2] == bytes([0xA2, 1])
+        await finish(peer, slave, SMALL_IMAGE)
+
+
+async def test_a_stray_sequence_number_before_a_sub_block_is_ignored_not_aborted() -> None:
+    # before the first segment of a sub-block anything but number 1 is ignored (CO_SDOserver.c:105-107);
+    # CANopenNode's block download never aborts for a sequence number
+    async with slave_on_bus() as (slave, bus), raw_peer(bus) as peer:
+        await begin_block_download(peer, SMALL_IMAGE)
+        peer.send(REQUEST, bytes([0x00]) + bytes(7))  # number 0
+        peer.send(REQUEST, bytes([0x7F]) + bytes(7))  # number 127
+        for frame in segments(SMALL_IMAGE):
+            peer.send(REQUEST, frame)
+        assert (await peer.next(RESPONSE))[:2] == bytes([0xA2, 10])
+        await finish(peer, slave, SMALL_IMAGE)
+
+
+async def test_more_data_than_indicated_is_length_too_high_and_too_little_too_low() -> None:
+    # CANopenNode checks the size at the end before the CRC (CO_SDOserver.c:483-490): 0x06070012 for
+    # more data than the initiate indicated, 0x06070013 for less
+    for told, code in ((len(SMALL_IMAGE) - 1, 0x0607_0012), (len(SMALL_IMAGE) + 1, 0x0607_0013)):
+        async with slave_on_bus() as (_slave, bus), raw_peer(bus) as peer:
+            peer.send(REQUEST, expedited_write(SIZE_OBJECT, told))
+            await peer.next(RESPONSE)
+            peer.send(REQUEST, initiate(0xC6, IMAGE_OBJECT, 0, struct.pack("<I", told)))
+            await peer.next(RESPONSE)
+            for frame in segments(SMALL_IMAGE):
+                peer.send(REQUEST, frame)
+            await peer.next(RESPONSE)
+            peer.send(REQUEST, block_end(SMALL_IMAGE))
+            assert abort_code(await peer.next(RESPONSE)) == code
+
+
+@pytest.mark.parametrize("index", [IMAGE_OBJECT, SIZE_OBJECT])
+async def test_the_image_and_size_objects_cannot_be_read_back(index: int) -> None:
+    # their OD extensions have no read function (CanOpenOTA.cpp:378, 390 @063e5a6), so CANopenNode's
+    # OD_readDisabled answers "unsupported access" (CO_ODinterface.c:126-131, 249-250)
+    async with slave_on_bus() as (_slave, bus), canopen_node(bus, NODE) as node:
+        await asyncio.to_thread(node.sdo.download, SIZE_OBJECT, 0, struct.pack("<I", 1000))
+        with pytest.raises(SdoAbortedError) as caught:
+            await asyncio.to_thread(node.sdo.upload, index, 0)
+    assert caught.value.code == 0x0601_0000

@@ -80,11 +80,23 @@ async def test_an_image_larger_than_the_partition_is_refused_at_the_size_write()
         assert (await read_number(node, STATUS_OBJECT), await read_number(node, ERROR_OBJECT)) == (0xFF, 7)
 
 
-async def test_image_bytes_without_a_size_are_refused_with_error_6() -> None:
-    async with slave_on_bus() as (_slave, bus), canopen_node(bus, NODE) as node:
+def image_only(node: Any, image: bytes) -> None:
+    """The block download of ``image`` into 0x2F00 without the CRC and size writes, blocking."""
+    with node.sdo.open(IMAGE_OBJECT, 0, "wb", size=len(image), block_transfer=True) as sink:
+        sink.write(image)
+
+
+async def test_image_bytes_without_a_size_are_refused_at_the_first_data_and_change_nothing() -> None:
+    # onOtaWriteChunk refuses data while no OTA runs with ODR_DEV_INCOMPAT and no setError
+    # (CanOpenOTA.cpp:238-241 @063e5a6), CANopenNode's abort 0x06040047 (CO_ODinterface.c:275); error 6
+    # "size 0" is defined (CanOpenOTA.h:38) but FW-main never sets it
+    async with slave_on_bus() as (_slave, bus), raw_peer(bus) as peer, canopen_node(bus, NODE) as node:
         with pytest.raises(SdoAbortedError):
-            await asyncio.to_thread(node.sdo.open, IMAGE_OBJECT, 0, "wb", size=100, block_transfer=True)
-        assert await read_number(node, ERROR_OBJECT) == 6
+            await asyncio.to_thread(image_only, node, IMAGE)
+        assert (await peer.next(0x580 + NODE))[0] == 0xA4  # the download begins: the object is writable
+        refusal = await peer.next(0x580 + NODE)  # instead of the first sub-block's acknowledgement
+        assert refusal[0] == 0x80 and struct.unpack_from("<I", refusal, 4)[0] == 0x0604_0047
+        assert (await read_number(node, STATUS_OBJECT), await read_number(node, ERROR_OBJECT)) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -123,6 +135,50 @@ async def test_a_half_finished_ota_is_reset_by_the_idle_watchdog() -> None:
         async with asyncio.timeout(FAST.ota_idle_reset + 1):
             await slave.wait_until(lambda idle: idle.ota_status == 0)
         assert await read_number(node, STATUS_OBJECT) == 0
+
+
+async def test_the_idle_window_starts_after_the_erase_not_at_the_size_write() -> None:
+    # FW-main stamps the watchdog's last activity after esp_ota_begin has erased the partition
+    # (CanOpenOTA.cpp:202-225 @063e5a6): an erase longer than the idle window must not have reset the OTA
+    # when the image follows the size write's answer at once
+    spec = replace(default_node(NODE), profile=Profile.FW_MAIN_2026_07)
+    timing = replace(FAST, partition_erase_time=0.6, ota_idle_reset=0.3)
+    async with (
+        slave_on_bus(spec, timing) as (slave, bus),
+        canopen_node(bus, NODE, response_timeout=timing.partition_erase_time + 1) as node,
+    ):
+        await asyncio.to_thread(stream, node, IMAGE)
+        await booted_with(slave, IMAGE)
+
+
+async def test_status_reads_do_not_keep_a_half_finished_ota_alive() -> None:
+    # only the size write and flash writes of image data feed the watchdog (CanOpenOTA.cpp:225, 273
+    # @063e5a6): a client that keeps reading 0x2F03 still sees the OTA reset, to idle without an error
+    async with slave_on_bus() as (_slave, bus), canopen_node(bus, NODE) as node:
+        await asyncio.to_thread(node.sdo.download, CRC_OBJECT, 0, struct.pack("<I", zlib.crc32(IMAGE)))
+        await asyncio.to_thread(node.sdo.download, SIZE_OBJECT, 0, struct.pack("<I", len(IMAGE)))
+        reads = 0
+        async with asyncio.timeout(FAST.ota_idle_reset + FAST.ota_watchdog_period + 1):
+            while await read_number(node, STATUS_OBJECT) != 0:
+                reads += 1
+        assert reads > 1 and await read_number(node, ERROR_OBJECT) == 0
+        assert await read_number(node, 0x2F04) == 0
+
+
+async def test_the_watchdog_waits_for_its_window_and_then_strikes() -> None:
+    # the reset comes at the watchdog's first look (every 2 s, CanOpenOTA.cpp:104 @063e5a6) after more
+    # than the idle window (:110) passed since the size write's answer: neither before, nor much after
+    timing = replace(FAST, ota_idle_reset=0.4, ota_watchdog_period=0.25)
+    async with slave_on_bus(timing=timing) as (slave, bus), canopen_node(bus, NODE) as node:
+        loop = asyncio.get_running_loop()
+        asked = loop.time()  # the slave's stamp comes after this and before the answer
+        await asyncio.to_thread(node.sdo.download, SIZE_OBJECT, 0, struct.pack("<I", 1000))
+        answered = loop.time()
+        async with asyncio.timeout(timing.ota_idle_reset + timing.ota_watchdog_period + 1):
+            await slave.wait_until(lambda idle: idle.ota_status == 0)
+        reset = loop.time()
+    assert reset - asked > timing.ota_idle_reset
+    assert reset - answered <= timing.ota_idle_reset + timing.ota_watchdog_period + 0.2  # 0.2: scheduling
 
 
 async def test_on_july_firmware_only_the_first_size_write_after_a_boot_outlasts_a_short_timeout() -> None:

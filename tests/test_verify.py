@@ -8,12 +8,20 @@ master cuts to 39 characters.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from uc2otad.errors import BoardNotBackError, VerificationError
 from uc2otad.links.commands import UNVERSIONED, NodeInfo, ScanResult
-from uc2otad.methods.verify import Expected, VerifySettings, await_new_image, evidence, same_release
+from uc2otad.methods.verify import (
+    Expected,
+    VerifySettings,
+    await_new_image,
+    await_reboot,
+    evidence,
+    same_release,
+)
 
 RELEASE = "v2026.2.0-beta.4-6-g2108590-t20260930092622-pr1234-dirty-0001"
 OLD_RELEASE = "v2026.1.0"
@@ -64,6 +72,33 @@ def test_july_firmware_with_an_unchanged_build_leaves_only_the_transfer(
     before = node(UNVERSIONED, OLD_BUILD)
     assert evidence(node(UNVERSIONED, OLD_BUILD), expected(before)) == "transfer"
     assert evidence(node(UNVERSIONED, OLD_BUILD, answered=False), expected(before)) is None
+
+
+def test_a_boot_up_heard_after_the_commit_makes_the_transfer_a_reboot() -> None:
+    before = node(UNVERSIONED, OLD_BUILD)
+    assert evidence(node(UNVERSIONED, OLD_BUILD), expected(before), rebooted=True) == "reboot"
+    assert evidence(node(UNVERSIONED, NEW_BUILD), expected(before), rebooted=True) == "build"
+    assert evidence(node(UNVERSIONED, OLD_BUILD, answered=False), expected(before), rebooted=True) is None
+    assert (
+        evidence(node(OLD_RELEASE, OLD_BUILD), expected(node(OLD_RELEASE, OLD_BUILD)), rebooted=True) is None
+    )
+
+
+class Witness:
+    """A link that heard the boot-up messages at the loop times given."""
+
+    def __init__(self, *boots: float) -> None:
+        self.boots = boots
+
+    async def wait_for_boot(self, node_id: int, timeout: float, *, since: float | None = None) -> bool:  # noqa: ASYNC109
+        return any(booted >= (since or 0.0) for booted in self.boots)
+
+
+async def test_no_boot_up_after_the_commit_is_board_not_back() -> None:
+    with pytest.raises(BoardNotBackError, match="no boot-up message"):
+        await await_reboot(Witness(1.0), 11, since=2.0, settings=FAST)
+    scans = await await_reboot(Witness(1.0, 3.0), 11, since=2.0, settings=replace(FAST, settle=4.0))
+    assert scans.settle == 0.0  # the board is back: the scans start at once
 
 
 def test_a_board_that_answers_with_another_release_string_is_not_yet_verified() -> None:

@@ -31,6 +31,7 @@ from uc2otad.retry import RetryPolicy
 from uc2otad.settings import PersistedSettings, Settings
 
 if TYPE_CHECKING:
+    from uc2otad.links.can_direct import CanDirectLink, CanSettings
     from uc2otad.methods.arduino_ota import UploadSettings
     from uc2otad.methods.usb.flash import UsbFlashSettings
     from uc2otad.methods.wifi import WifiMethodSettings
@@ -56,6 +57,7 @@ def engine_config(config: Settings, persisted: Mapping[str, object]) -> EngineCo
         wifi=lambda window_ms: wifi_method_settings(config, verify, window_ms),
         usb_flash=lambda: usb_flash_settings(config),
         saved=PersistedSettings(config.daemon_state_dir, persisted),
+        can_link=(lambda: direct_can_link(config)) if config.can_interface else None,
     )
 
 
@@ -161,6 +163,31 @@ def usb_flash_settings(config: Settings) -> UsbFlashSettings:
     )
 
 
+def can_settings(config: Settings) -> CanSettings:
+    """The ``[can]`` section as the direct link's settings (python-can and canopen load with it)."""
+    from uc2otad.links.can_direct import CanSettings  # noqa: PLC0415 - only with a direct link
+
+    defaults = CanSettings(interface=config.can_interface or CanSettings.interface)
+    return replace(
+        defaults,
+        channel=_or(config.can_channel, defaults.channel),
+        bitrate=_or(config.can_bitrate, defaults.bitrate),
+        size_write_timeout=_or(config.can_size_write_timeout, defaults.size_write_timeout),
+        sdo_timeout=_or(config.can_sdo_timeout, defaults.sdo_timeout),
+        block_timeout=_or(config.can_block_timeout, defaults.block_timeout),
+        reachable_timeout=_or(config.can_reachable_timeout, defaults.reachable_timeout),
+        discovery_wait=_or(config.can_discovery_wait, defaults.discovery_wait),
+        foreign_sdo_quiet=_or(config.can_foreign_sdo_quiet, defaults.foreign_sdo_quiet),
+    )
+
+
+def direct_can_link(config: Settings) -> CanDirectLink:
+    """The direct CAN link of ``[can]``, unopened; built by the engine at start-up when configured."""
+    from uc2otad.links.can_direct import CanDirectLink  # noqa: PLC0415 - only with a direct link
+
+    return CanDirectLink(can_settings(config))
+
+
 # ---- for people and tests ------------------------------------------------------------------------------
 
 
@@ -176,6 +203,7 @@ def with_defaults(config: Settings) -> Settings:
     verify = verify_settings(config)
     wifi = wifi_method_settings(config, verify, 0)
     usb = usb_flash_settings(config)
+    can = can_settings(config)
     return replace(
         config,
         serial_baud=master_settings(config).baud,
@@ -195,4 +223,12 @@ def with_defaults(config: Settings) -> Settings:
         usb_esptool_timeout=usb.esptool.timeout,
         usb_reboot_wait=usb.reboot_wait,
         usb_reconnect_window=usb.reconnect_window,
+        can_channel=can.channel,
+        can_bitrate=can.bitrate,
+        can_size_write_timeout=can.size_write_timeout,
+        can_sdo_timeout=can.sdo_timeout,
+        can_block_timeout=can.block_timeout,
+        can_reachable_timeout=can.reachable_timeout,
+        can_discovery_wait=can.discovery_wait,
+        can_foreign_sdo_quiet=can.foreign_sdo_quiet,
     )

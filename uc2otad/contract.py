@@ -21,6 +21,14 @@ class Method(StrEnum):
     USB = "usb"  # the master itself, with esptool
 
 
+class Link(StrEnum):
+    """Which link to the bus an update or a scan entry goes through (``link`` in the status dict and
+    ScanDevices' entries, StartOTA's ``link`` option)."""
+
+    MASTER = "master"  # the master CAN HAT on its serial port
+    CAN = "can"  # the daemon on the bus itself: a direct CAN link ([can] interface)
+
+
 class Phase(StrEnum):
     """``upload_status`` values, in the order a job passes them (CONTRACT.md §2)."""
 
@@ -95,6 +103,7 @@ class StatusDict(TypedDict, total=False):
     upload_timestamp: str
     success: bool
     method: str  # a Method
+    link: str  # a Link
     job_id: str
     batch_id: str
     attempt: int

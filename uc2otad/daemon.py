@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--capture", dest="serial.capture", metavar="FILE", help="record the link's traffic (JSON lines)"
     )
+    parser.add_argument(
+        "--can-interface",
+        dest="can.interface",
+        metavar="NAME",
+        help="python-can interface of a direct CAN link",
+    )
+    parser.add_argument("--can-channel", dest="can.channel", metavar="CHANNEL", help="its channel (can0)")
     parser.add_argument("--firmware-server", dest="firmware.server", metavar="URL", help="firmware server")
     parser.add_argument("--state-dir", dest="daemon.state_dir", metavar="DIR", help="state directory")
     parser.add_argument("--cache-dir", dest="firmware.cache_dir", metavar="DIR", help="firmware cache")

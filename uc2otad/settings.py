@@ -28,6 +28,10 @@ Config file layout (every key optional)::
     [update]   retries = 2   retry_delay = 5.0   verify_settle = 4.0   verify_window = 40.0
                verify_interval = 2.0
     [usb]      esptool = ""   esptool_timeout = 300.0   reboot_wait = 1.0   reconnect_window = 30.0
+    [can]      interface = "socketcan"   channel = "can0"   bitrate = 500000   (the direct CAN link;
+               no interface: none)   size_write_timeout = 20.0   sdo_timeout = 0.25
+               block_timeout = 15.0   reachable_timeout = 10.0   discovery_wait = 1.5
+               foreign_sdo_quiet = 2.0
 """
 
 from __future__ import annotations
@@ -137,6 +141,25 @@ class Settings:
     usb_reboot_wait: float | None = None
     #: None: ``methods.usb.flash.RECONNECT_WINDOW``
     usb_reconnect_window: float | None = None
+    #: the python-can interface of the direct CAN link ("socketcan", "gs_usb", "pcan", "remote" …);
+    #: "" = no direct link, the master CAN HAT is the only way to the bus
+    can_interface: str = ""
+    #: None: ``links.can_direct.DEFAULT_CHANNEL`` ("can0")
+    can_channel: str | None = None
+    #: None: ``links.can_direct.DEFAULT_BITRATE`` (500 kbit/s, the UC2 bus)
+    can_bitrate: int | None = None
+    #: None: ``links.can_direct.SIZE_WRITE_TIMEOUT`` (the slave erases before it answers)
+    can_size_write_timeout: float | None = None
+    #: None: ``links.can_direct.SDO_TIMEOUT``
+    can_sdo_timeout: float | None = None
+    #: None: ``links.can_direct.BLOCK_TIMEOUT``
+    can_block_timeout: float | None = None
+    #: None: ``links.can_direct.REACHABLE_TIMEOUT``
+    can_reachable_timeout: float | None = None
+    #: None: ``links.can_direct.DISCOVERY_WAIT``
+    can_discovery_wait: float | None = None
+    #: None: ``links.can_direct.FOREIGN_SDO_QUIET`` (another client's SDO requests: wait this quiet)
+    can_foreign_sdo_quiet: float | None = None
 
     def image_table(self) -> ImageTable:
         """The standard image table with ``[catalog.images]`` applied."""
@@ -151,6 +174,13 @@ def _text(value: object, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(key, f"must be a string, not {type(value).__name__}")
     return value
+
+
+def _nonempty_text(value: object, key: str) -> str:
+    text = _text(value, key)
+    if not text:
+        raise ConfigError(key, "must not be empty")
+    return text
 
 
 def _positive_int(value: object, key: str) -> int:
@@ -263,6 +293,15 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "usb.esptool_timeout": ("usb_esptool_timeout", _positive_float),
     "usb.reboot_wait": ("usb_reboot_wait", _seconds),
     "usb.reconnect_window": ("usb_reconnect_window", _positive_float),
+    "can.interface": ("can_interface", _text),
+    "can.channel": ("can_channel", _nonempty_text),
+    "can.bitrate": ("can_bitrate", _positive_int),
+    "can.size_write_timeout": ("can_size_write_timeout", _positive_float),
+    "can.sdo_timeout": ("can_sdo_timeout", _positive_float),
+    "can.block_timeout": ("can_block_timeout", _positive_float),
+    "can.reachable_timeout": ("can_reachable_timeout", _seconds),
+    "can.discovery_wait": ("can_discovery_wait", _seconds),
+    "can.foreign_sdo_quiet": ("can_foreign_sdo_quiet", _seconds),
 }
 
 

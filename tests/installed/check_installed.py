@@ -17,9 +17,12 @@ method with ``org.freedesktop.DBus.Error.AccessDenied``; a member of group ``uc2
 credentials and updates a board through ``uc2otactl``; the password is found in no reply, property,
 signal, log line, journal entry or file the unprivileged user can read; the member flashes the master
 (FlashMaster) through the simulator's ROM loader with ``--esptool``; the compat probe finds the
-marshaller of the release's python3-dbus-fast broken (Debian 12) or fixed (13). And a burst of reads the
-unprivileged user may send (2 connections x 128 GetAllStatus that never read their replies, answered
-while dbus-daemon is not reading either) leaves the daemon on the bus and answering (issue 14, D1).
+marshaller of the release's python3-dbus-fast broken (Debian 12) or fixed (13); the direct CAN link runs
+as the unit runs it, with the package's private canopen and Debian's python-can, on python-can's virtual
+interface (can_direct_probe.py), and without the unit's environment no canopen is found. And a burst
+of reads the unprivileged user may send (2 connections x 128 GetAllStatus that never read their replies,
+answered while dbus-daemon is not reading either) leaves the daemon on the bus and answering (issue 14,
+D1).
 
 Not collected by pytest (no ``test_`` prefix): it needs root, the installed package and Debian's
 python3-dbus-fast. The same file is the client the other users run (``client …`` sub-commands), so
@@ -38,6 +41,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -64,6 +68,11 @@ INSTALLED_POLICY = Path("/usr/share/dbus-1/system.d/org.openuc2.OTA1.conf")
 INSTALLED_ACTIVATION = Path("/usr/share/dbus-1/system-services/org.openuc2.OTA1.service")
 INSTALLED_INTERFACE = Path("/usr/share/dbus-1/interfaces/org.openuc2.OTA1.xml")
 INSTALLED_UNIT = Path("/lib/systemd/system/uc2otad.service")
+#: the package's drop-in: PYTHONPATH with the vendored canopen (debian/rules, docs/can-direct.md)
+INSTALLED_DROP_IN = Path("/lib/systemd/system/uc2otad.service.d/vendor.conf")
+VENDOR = Path("/usr/lib/uc2otad/vendor")
+#: run with the daemon's interpreter and the unit's environment: the direct CAN link on a virtual bus
+CAN_PROBE = Path(__file__).resolve().parent / "can_direct_probe.py"
 DAEMON = Path("/usr/bin/uc2otad")
 CTL = Path("/usr/bin/uc2otactl")
 SITE_PACKAGES = "/usr/lib/python3/dist-packages/"
@@ -110,6 +119,8 @@ EXPECTED_MODES: dict[Path, tuple[str, str, int]] = {
     INSTALLED_ACTIVATION: ("root", "root", 0o644),
     INSTALLED_INTERFACE: ("root", "root", 0o644),
     INSTALLED_UNIT: ("root", "root", 0o644),
+    INSTALLED_DROP_IN: ("root", "root", 0o644),
+    VENDOR / "canopen" / "__init__.py": ("root", "root", 0o644),
     Path("/usr/lib/sysusers.d/uc2otad.conf"): ("root", "root", 0o644),
     Path("/usr/lib/tmpfiles.d/uc2otad.conf"): ("root", "root", 0o644),
     DAEMON: ("root", "root", 0o755),
@@ -796,6 +807,56 @@ def check_code(release: int) -> None:
     )
 
 
+def unit_environment() -> dict[str, str]:
+    """Environment= of the installed unit and its drop-ins, in systemd's order (later ones win)."""
+    drop_ins = sorted(INSTALLED_UNIT.with_name(INSTALLED_UNIT.name + ".d").glob("*.conf"))
+    environment: dict[str, str] = {}
+    for path in [INSTALLED_UNIT, *drop_ins]:
+        for line in path.read_text().splitlines():
+            if line.startswith("Environment="):
+                for assignment in shlex.split(line.removeprefix("Environment=")):
+                    key, _, value = assignment.partition("=")
+                    environment[key] = value
+    return environment
+
+
+def check_can_direct() -> None:
+    """The direct CAN link as the unit runs the daemon: canopen from the package's private folder (the
+    unit's PYTHONPATH), python-can from python3-can; a CanDirectLink on python-can's virtual interface
+    opens, scans a CANopen node and closes (tests/installed/can_direct_probe.py). Without the unit's
+    environment the system's Python finds no canopen: the copy stays private."""
+    expect(
+        importlib.util.find_spec("canopen") is None,
+        "/usr/bin/python3 finds canopen without the unit's environment: the package's copy is not private",
+    )
+    environment = unit_environment()
+    expect(
+        environment.get("PYTHONPATH") == str(VENDOR),
+        f"the installed unit and drop-ins set PYTHONPATH={environment.get('PYTHONPATH')}, not {VENDOR}",
+    )
+    interpreter = DAEMON.read_text().splitlines()[0].removeprefix("#!").split()
+    result = subprocess.run(
+        [*interpreter, str(CAN_PROBE)],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environment},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+        check=False,
+    )
+    expect(result.returncode == 0, f"{CAN_PROBE.name} exited {result.returncode}: {result.stderr.strip()}")
+    found = json.loads(result.stdout.splitlines()[-1])
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "python3-can"], capture_output=True, text=True, check=True
+    ).stdout
+    passed(
+        f"direct CAN link as the unit runs it ({' '.join(interpreter)}, PYTHONPATH={VENDOR}): canopen "
+        f"{found['canopen']} from {VENDOR}, python-can {found['can']} (python3-can {version}) from "
+        f"{SITE_PACKAGES}; {found['link']} opened, scanned node {found['node']['can_id']} "
+        f"({found['node']['fw_version']}) and closed in {found['seconds']}s; no canopen without the unit"
+    )
+
+
 def check_policy_covers_interface() -> None:
     """Every method of the installed interface is either public or restricted by the installed policy."""
     methods = {node.get("name", "") for node in ET.parse(INSTALLED_INTERFACE).iter("method")}
@@ -1059,6 +1120,7 @@ def check_logs(setup: Setup, secret: str) -> None:
 def check_all(setup: Setup, args: argparse.Namespace) -> None:
     check_files()
     check_code(args.release)
+    check_can_direct()
     check_policy_covers_interface()
     setup.users += [ensure_user(READER, []), ensure_user(OPERATOR, [GROUP])]
     secret = secrets.token_urlsafe(24)

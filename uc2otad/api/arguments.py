@@ -42,6 +42,7 @@ OPTION_CAPS: Mapping[str, tuple[int, bool]] = {
     "ssid": (MAX_SSID_BYTES, True),
     "password": (MAX_PASSWORD_BYTES, True),
     "method": (MAX_WORD_LENGTH, False),
+    "link": (MAX_WORD_LENGTH, False),
     "firmware": (MAX_FILE_NAME_BYTES, True),
     "port": (MAX_PORT_LENGTH, False),
     "match": (MAX_WORD_LENGTH, False),

@@ -27,6 +27,7 @@ from uc2otad.api.arguments import (
 from uc2otad.api.errors import translated
 from uc2otad.api.signatures import dbus_types
 from uc2otad.api.variants import read_options, to_variant_dict
+from uc2otad.contract import Link
 from uc2otad.engine.batch import DELAY_BETWEEN, PARALLEL
 from uc2otad.engine.core import Engine, Event, StatusChanged, USBFlashChanged, check_can_id
 from uc2otad.errors import InvalidArgumentError
@@ -39,7 +40,8 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("uc2otad_caller", d
 
 VariantDict = dict[str, Variant]
 #: StartOTA's options and their D-Bus types (CONTRACT.md §1)
-START_OPTIONS = {"ssid": "s", "password": "s", "timeout": "u", "method": "s", "firmware": "s", "force": "b"}
+START_OPTIONS = {"ssid": "s", "password": "s", "timeout": "u", "method": "s", "firmware": "s", "force": "b",
+                 "link": "s"}  # fmt: skip
 #: StartMultipleOTA's: StartOTA's and the batch's pace
 BATCH_OPTIONS = {**START_OPTIONS, "delay_between": "u", "parallel": "u"}
 #: the WiFi window a slave may be asked for, in ms (CONTRACT.md §1: 1000…3600000)
@@ -235,6 +237,11 @@ class OTA1Interface(ServiceInterface):
     def master_connected(self) -> bool:
         return self._engine.properties.master_connected
 
+    @dbus_property(name="CanConnected", access=PropertyAccess.READ)
+    @dbus_types(returns="b")
+    def can_connected(self) -> bool:
+        return self._engine.properties.can_connected
+
     @dbus_property(name="Busy", access=PropertyAccess.READ)
     @dbus_types(returns="b")
     def busy(self) -> bool:
@@ -263,6 +270,8 @@ def _update_options(options: VariantDict, allowed: dict[str, str]) -> dict[str, 
         check_ssid(values["ssid"])
     if values.get("method", "auto") not in ("auto", "wifi", "can"):
         raise InvalidArgumentError(f"method must be auto, wifi or can, not {quoted(values['method'])}")
+    if values.get("link", "auto") not in ("auto", *Link):
+        raise InvalidArgumentError(f"link must be auto, master or can, not {quoted(values['link'])}")
     if "timeout" in values and not MIN_TIMEOUT_MS <= values["timeout"] <= MAX_TIMEOUT_MS:
         raise InvalidArgumentError(f"timeout must be {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS} ms")
     return values

@@ -20,6 +20,7 @@ PROPERTY_NAMES = {
     "firmware_server": "FirmwareServer",
     "wifi_ssid": "WiFiSSID",
     "master_connected": "MasterConnected",
+    "can_connected": "CanConnected",
     "busy": "Busy",
     "inhibited": "Inhibited",
     "progress": "Progress",

@@ -56,11 +56,11 @@ async def scan(client: DaemonClient, args: argparse.Namespace) -> Any:
     (boards,) = await client.call("ScanDevices")
     if not args.json:
         rows = [
-            (b["can_id"], b.get("role"), b.get("reachable"), b.get("fw_version"), b.get("build"),
-             b.get("update_available"))
+            (b["can_id"], b.get("role"), b.get("link"), b.get("reachable"), b.get("fw_version"),
+             b.get("build"), b.get("update_available"))
             for b in boards
         ]  # fmt: skip
-        table(("CAN", "ROLE", "REACHABLE", "FIRMWARE", "BUILD", "UPDATE"), rows)
+        table(("CAN", "ROLE", "LINK", "REACHABLE", "FIRMWARE", "BUILD", "UPDATE"), rows)
     return boards
 
 

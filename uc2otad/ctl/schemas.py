@@ -70,6 +70,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
                 "fw_version": {"type": "string"},
                 "build": {"type": "string"},
                 "mac": {"type": "string"},
+                "link": {"enum": ["master", "can"]},
                 "update_available": {"type": "boolean"},
             },
         },

@@ -243,6 +243,9 @@ def add_arguments(update_parser: argparse.ArgumentParser, cancel_parser: argpars
     p.add_argument("can_ids", nargs="*", type=int, metavar="CAN_ID", help="the boards to update")
     p.add_argument("--all", action="store_true", help="every reachable board but the master")
     p.add_argument("--method", choices=("auto", "wifi", "can"), help="how the image reaches the board")
+    p.add_argument(
+        "--link", choices=("auto", "master", "can"), help="through the master or the direct CAN link"
+    )
     p.add_argument("--ssid", metavar="S", help="WiFi for the WiFi method (default: the stored credentials)")
     p.add_argument("--password-file", type=Path, metavar="F", help="the WiFi password, read from this file")
     p.add_argument(
@@ -265,6 +268,8 @@ def _start_options(args: argparse.Namespace) -> dict[str, Variant]:
     options: dict[str, Variant] = {}
     if args.method is not None:
         options["method"] = Variant("s", args.method)
+    if args.link is not None:
+        options["link"] = Variant("s", args.link)
     if args.ssid is not None:
         options["ssid"] = Variant("s", args.ssid)
         options["password"] = Variant("s", read_password(args.password_file))

@@ -21,6 +21,7 @@ from uc2otad.methods.verify import VerifySettings
 from uc2otad.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from uc2otad.links.protocol import BusLink
     from uc2otad.methods.usb.flash import UsbFlashSettings
     from uc2otad.methods.wifi import WifiMethodSettings
 
@@ -79,3 +80,5 @@ class EngineConfig:
     usb_flash: Callable[[], UsbFlashSettings]
     #: keeps SetFirmwareServer's and SetWiFiCredentials' values
     saved: SettingsWriter
+    #: builds the direct CAN link (``[can] interface``; it imports python-can and canopen); None: none
+    can_link: Callable[[], BusLink] | None = None

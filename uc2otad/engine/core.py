@@ -20,6 +20,7 @@ from uc2otad import secrets
 from uc2otad.contract import StatusDict
 from uc2otad.engine.batch import BatchGate, OverallProgress
 from uc2otad.engine.config import EngineConfig, FirmwareSettings
+from uc2otad.engine.direct import DirectConnection
 from uc2otad.engine.events import (
     Event,
     EventHub,
@@ -93,6 +94,13 @@ class Engine:
             if master is not None
             else None
         )
+        self.direct = (
+            DirectConnection(
+                config.can_link, lambda connected: self.events.set_property("can_connected", connected)
+            )
+            if config.can_link is not None
+            else None
+        )
         self.jobs = JobManager(
             self.store, self._publish_status, inhibited=lambda: self.inhibitors.held, retry=config.retry
         )
@@ -104,6 +112,7 @@ class Engine:
             self._wifi_credentials,
             verify=config.verify,
             wifi_settings=config.wifi,
+            direct=self.direct,
         )
         #: asking the boards whether the updates a crash interrupted took (:meth:`start`): the jobs that did
         self.reconciling: asyncio.Task[list[JobRecord]] | None = None
@@ -125,18 +134,21 @@ class Engine:
         """
         interrupted = await self.store.open()
         await self.repository.cache.open()
+        if self.direct is not None:
+            await self.direct.start()
         if self.master is not None:
             await self.master.start()
-            if any(map(provable, interrupted)):
-                asking = ask_the_boards(
-                    interrupted,
-                    self.master,
-                    self.store,
-                    running=self.jobs.running,
-                    publish=self._publish_status,
-                    settings=self.config.verify,
-                )
-                self.reconciling = asyncio.create_task(asking, name="asking boards about interrupted updates")
+        witness = self.direct or self.master
+        if witness is not None and any(map(provable, interrupted)):
+            asking = ask_the_boards(
+                interrupted,
+                witness,
+                self.store,
+                running=self.jobs.running,
+                publish=self._publish_status,
+                settings=self.config.verify,
+            )
+            self.reconciling = asyncio.create_task(asking, name="asking boards about interrupted updates")
         return interrupted
 
     async def stop(self) -> None:
@@ -149,6 +161,8 @@ class Engine:
         await self.jobs.stop()  # their rows stay "running": reconciled at the next start
         if self.master is not None:
             await self.master.stop()
+        if self.direct is not None:
+            await self.direct.stop()
         await self.store.close()
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
@@ -205,10 +219,10 @@ class Engine:
     # ---- the bus and updates ------------------------------------------------------------------------
 
     async def scan_devices(self) -> list[dict[str, Any]]:
-        """:func:`.scanning.scan_devices`; :raises LinkClosedError: no master configured or connected"""
-        if self.master is None:
+        """:func:`.scanning.scan_devices`; :raises LinkClosedError: no link configured or connected"""
+        if self.master is None and self.direct is None:
             raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
-        return await scan_devices(self.master, self.repository)
+        return await scan_devices(self.master, self.direct, self.repository)
 
     async def start_ota(self, can_id: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Start updating slave ``can_id``; returns once the job is accepted (CONTRACT.md §1 StartOTA):
@@ -222,7 +236,7 @@ class Engine:
         if not plan.due:
             return {"status": "success", "message": "already up to date", "can_id": can_id}
         job = self._start_job(plan, can_id)
-        response = await job.acceptance() if plan.method.acknowledged_by_master else {}
+        response = await job.acceptance() if plan.routes[can_id].method.acknowledged_by_master else {}
         return {
             "status": "success",
             "message": f"OTA update initiated for device {can_id}",
@@ -248,7 +262,7 @@ class Engine:
         plan = await self.planner.plan(can_ids, options)
         batch_id = token.token_hex(8)
         gate = BatchGate(
-            parallel if plan.method.parallel else 1,
+            parallel if plan.parallel else 1,
             delay_between,
             inhibited=lambda: self.inhibitors.held,
             until_uninhibited=lambda: self.events.until_property("inhibited", False),
@@ -275,8 +289,8 @@ class Engine:
     def _start_job(
         self, plan: Plan, can_id: int, *, gate: BatchGate | None = None, **fields: Any
     ) -> JobContext:
-        image = plan.images[can_id]
-        node = plan.scan.node(can_id)
+        image, route = plan.images[can_id], plan.routes[can_id]
+        node = route.before
         job = self.jobs.start(
             can_id,
             self.planner.job(plan, can_id),
@@ -284,11 +298,13 @@ class Engine:
             gate=gate.turn() if gate is not None else None,
             firmware=image.name,
             previous_version=node.fw_version if node is not None else None,
+            link=route.link,
             **fields,
         )
         self._progress.add(job.job_id)
         _LOGGER.info(
-            "engine: board %d update started method=%s image=%s", can_id, plan.method.name, image.name,
+            "engine: board %d update started method=%s link=%s image=%s",
+            can_id, route.method.name, route.link, image.name,
             extra={"UC2_CAN_ID": can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "started"},
         )  # fmt: skip
         return job

@@ -55,6 +55,7 @@ class Properties:
     firmware_server: str = ""
     wifi_ssid: str = ""
     master_connected: bool = False
+    can_connected: bool = False
     busy: bool = False
     inhibited: bool = False
     progress: int = 0

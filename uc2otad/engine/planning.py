@@ -2,48 +2,76 @@
 
 StartOTA and StartMultipleOTA answer an error for whatever would fail later — the master's id, no image,
 a method the master cannot carry, missing WiFi credentials, a board that is busy — and only then does any
-board get a command, as fwupd checks a device's requirements before it writes. The method is chosen by
-its traits (:mod:`uc2otad.methods`): "auto" is the first registered method whose link capability the
-master offers; a method asked for by name must be one it offers.
+board get a command, as fwupd checks a device's requirements before it writes. Each board gets a
+:class:`Route`: the link it goes through (the direct CAN link for a board that answers CANopen on it,
+else the master; :class:`Planner`) and the method, chosen by its traits (:mod:`uc2otad.methods`):
+"auto" is the first registered method whose link capability that link offers; a method asked for by
+name must be one it offers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from uc2otad import secrets
-from uc2otad.errors import ConfigError, FirmwareError, InvalidArgumentError, LinkClosedError
+from uc2otad.contract import Link, Method
+from uc2otad.errors import ConfigError, FirmwareError, InvalidArgumentError, LinkClosedError, LinkError
 from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS
 from uc2otad.links.protocol import LinkCapability
 from uc2otad.methods import METHODS, method_class
-from uc2otad.methods.base import PlannedJob, SlaveMethod, WifiCredentials
+from uc2otad.methods.base import LinkUse, PlannedJob, SlaveMethod, WifiCredentials
 from uc2otad.methods.verify import VerifySettings, same_release
 
 if TYPE_CHECKING:
+    from uc2otad.engine.direct import DirectConnection
     from uc2otad.engine.master import MasterConnection
-    from uc2otad.links.commands import ScanResult
+    from uc2otad.links.commands import NodeInfo
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one board of a plan is reached: through which link, by which method, as that link saw it."""
+
+    link: Link
+    method: type[SlaveMethod]
+    use_link: LinkUse
+    #: the board in that link's scan before the update; None: not in it
+    before: NodeInfo | None
 
 
 @dataclass(frozen=True)
 class Plan:
     """An update of some boards, resolved before any of them is touched."""
 
-    method: type[SlaveMethod]
+    routes: Mapping[int, Route]
     images: Mapping[int, ResolvedImage]
-    scan: ScanResult
     credentials: WifiCredentials | None
     #: the boards to update (not current, or forced), in the order given
     due: list[int]
     #: the WiFi window asked of the slaves, ms
     window_ms: int
 
+    @property
+    def parallel(self) -> bool:
+        """Every board's method lets a batch run it beside others."""
+        return all(route.method.parallel for route in self.routes.values())
+
 
 class Planner:
-    """Makes :class:`Plan` s against the engine's master, firmware server and checks."""
+    """Makes :class:`Plan` s against the engine's links, firmware server and checks.
+
+    Which link a board takes (issue 18): the direct CAN link for a board that answers CANopen on it
+    (an SDO read of 0x1000 in its scan), the master for the rest — legacy slaves speak no CANopen OTA,
+    and only the master relays the WiFi trigger. StartOTA's ``link`` option ("master", "can") insists
+    on one; ``method`` "wifi" always goes through the master.
+    """
 
     def __init__(
         self,
@@ -54,14 +82,17 @@ class Planner:
         *,
         verify: VerifySettings,
         wifi_settings: Callable[[int], object],
+        direct: DirectConnection | None = None,
     ) -> None:
         """
         :param repository: the firmware repository now (SetFirmwareServer replaces it)
         :param check_can_start: raises when the boards may not start now (inhibit, busy, USB flash)
         :param credentials: the WiFi credentials for a call's options
         :param wifi_settings: the WiFi method's settings for a window (loads its code: on first use)
+        :param direct: the direct CAN link, when one is configured
         """
         self._master = master
+        self._direct = direct
         self._repository = repository
         self._check_can_start = check_can_start
         self._credentials = credentials
@@ -71,10 +102,11 @@ class Planner:
     async def plan(self, can_ids: list[int], options: Mapping[str, Any]) -> Plan:
         """What updating ``can_ids`` takes, checked before any board is touched.
 
-        :raises InvalidArgumentError: the master's id, a method the master cannot use, no credentials
+        :raises InvalidArgumentError: the master's id, a method or link the boards cannot use, no
+            credentials
         :raises InhibitedError, JobBusyError: see ``check_can_start``
         :raises FirmwareNotFoundError: no image for a board
-        :raises LinkError: no master, or it did not answer
+        :raises LinkError: no link to a board, or it did not answer
         """
         for can_id in can_ids:
             check_can_id(can_id)
@@ -82,21 +114,87 @@ class Planner:
                 raise InvalidArgumentError(
                     "CAN id 1 is the master CAN HAT: it is flashed over USB (FlashMaster)"
                 )
-        master = self._require_master()
+        if self._master is None and self._direct is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
         self._check_can_start(can_ids)
         catalog = await self._repository().catalog()
         images = {can_id: catalog.resolve(can_id, name=options.get("firmware")) for can_id in can_ids}
+        asked_method, asked_link = options.get("method", "auto"), options.get("link", "auto")
+        routes = await self._direct_routes(can_ids, asked_method, asked_link)
+        rest = [can_id for can_id in can_ids if can_id not in routes]
+        if rest:
+            routes.update(await self._master_routes(rest, asked_method))
+        credentials = (
+            await self._credentials(options) if any(r.method.joins_wifi for r in routes.values()) else None
+        )
+        self._check_can_start(can_ids)  # again: the scans took a while
+        due = [
+            can_id
+            for can_id in can_ids
+            if options.get("force") or not is_current(routes[can_id].before, images[can_id])
+        ]
+        ordered = {can_id: routes[can_id] for can_id in can_ids}
+        return Plan(ordered, images, credentials, due, int(options.get("timeout", DEFAULT_WINDOW_MS)))
+
+    async def _direct_routes(
+        self, can_ids: list[int], asked_method: str, asked_link: str
+    ) -> dict[int, Route]:
+        """The boards that go over the direct CAN link: those answering CANopen on it.
+
+        :raises InvalidArgumentError: ``link`` "can" for a board that does not answer there, or without
+            a direct link, or with method "wifi"
+        :raises LinkError: ``link`` "can" and the direct link is not open or did not answer
+        """
+        direct = self._direct
+        if asked_link == Link.CAN:
+            if direct is None:
+                raise InvalidArgumentError("link 'can': no direct CAN link is configured ([can] interface)")
+            if asked_method == Method.WIFI:
+                raise InvalidArgumentError("link 'can' cannot carry the WiFi method: only a master relays it")
+        if direct is None or asked_link == Link.MASTER or asked_method == Method.WIFI:
+            return {}
+        try:
+            async with direct.use("checking boards before an update") as link:
+                method = choose_method(asked_method, link.capabilities)
+                scan = await link.scan()
+        except LinkError as err:
+            if asked_link == Link.CAN:
+                raise
+            _LOGGER.warning("planning: the direct CAN link cannot be asked (%s); trying the master", err)
+            return {}
+        routes: dict[int, Route] = {}
+        for can_id in can_ids:
+            node = scan.node(can_id)
+            if node is not None and node.canopen:
+                routes[can_id] = Route(Link.CAN, method, direct.use, node)
+        missing = [can_id for can_id in can_ids if can_id not in routes]
+        if asked_link == Link.CAN and missing:
+            raise InvalidArgumentError(
+                f"link 'can': board {missing[0]} does not answer CANopen on {direct.name}"
+            )
+        return routes
+
+    async def _master_routes(self, can_ids: list[int], asked_method: str) -> dict[int, Route]:
+        """The boards that go through the master.
+
+        :raises LinkClosedError: no master configured, or it is not connected
+        :raises InvalidArgumentError: a method the master cannot carry out
+        """
+        master = self._master
+        if master is None:
+            via = " and it does not answer CANopen on the direct CAN link" if self._direct else ""
+            raise LinkClosedError(
+                f"board {can_ids[0]}: no serial port configured for the master CAN HAT (serial.port){via}",
+                port="",
+            )
         async with master.use("checking boards before an update") as link:
-            method = choose_method(options.get("method", "auto"), link.capabilities)
+            method = choose_method(asked_method, link.capabilities)
             scan = await link.scan()
-        credentials = await self._credentials(options) if method.joins_wifi else None
-        self._check_can_start(can_ids)  # again: the scan took a while
-        due = [can_id for can_id in can_ids if options.get("force") or not is_current(scan, images[can_id])]
-        return Plan(method, images, scan, credentials, due, int(options.get("timeout", DEFAULT_WINDOW_MS)))
+        return {can_id: Route(Link.MASTER, method, master.use, scan.node(can_id)) for can_id in can_ids}
 
     def job(self, plan: Plan, can_id: int) -> SlaveMethod:
         """The method instance for board ``can_id`` of ``plan``."""
-        master = self._require_master()
+        route = plan.routes[can_id]
         repository, name = self._repository(), plan.images[can_id].name
 
         def obtain() -> Awaitable[VerifiedImage]:
@@ -104,19 +202,14 @@ class Planner:
 
         planned = PlannedJob(
             can_id=can_id,
-            use_link=master.use,
+            use_link=route.use_link,
             obtain=obtain,
             verify=self._verify,
-            before=plan.scan.node(can_id),
+            before=route.before,
             credentials=plan.credentials,
-            wifi_settings=self._wifi_settings(plan.window_ms) if plan.method.joins_wifi else None,
+            wifi_settings=self._wifi_settings(plan.window_ms) if route.method.joins_wifi else None,
         )
-        return plan.method.prepare(planned)
-
-    def _require_master(self) -> MasterConnection:
-        if self._master is None:
-            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
-        return self._master
+        return route.method.prepare(planned)
 
 
 async def wifi_credentials(
@@ -164,9 +257,9 @@ def choose_method(asked: str, capabilities: frozenset[LinkCapability]) -> type[S
     raise InvalidArgumentError(f"{method_class(asked).unavailable} (method {asked!r}){instead}")
 
 
-def is_current(scan: ScanResult, image: ResolvedImage) -> bool:
-    """The board reports the very version the image carries (unknown either side: not current)."""
-    node = scan.node(image.can_id)
+def is_current(node: NodeInfo | None, image: ResolvedImage) -> bool:
+    """The board, as a scan saw it, reports the very version the image carries (unknown either side:
+    not current)."""
     return node is not None and same_release(node.fw_version, image.version)
 
 

@@ -32,6 +32,7 @@ from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.methods.verify import VerifySettings, is_release_string, same_release
 
 if TYPE_CHECKING:
+    from uc2otad.engine.direct import DirectConnection
     from uc2otad.engine.master import MasterConnection
 
 _LOGGER = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def confirmed_status(interrupted: Mapping[str, Any], job: JobRecord) -> StatusDi
 
 async def ask_the_boards(
     interrupted: list[JobRecord],
-    master: MasterConnection,
+    link: MasterConnection | DirectConnection,
     store: StatusStore,
     *,
     running: Callable[[int], bool],
@@ -110,8 +111,9 @@ async def ask_the_boards(
     """Ask the boards whether the interrupted updates took (issue 15, D10); the jobs that did, now
     ``success`` in the history and in their board's status — unless a newer job owns the board by then.
 
-    Waits for the master as long as it takes to come back (exclusive mode); a scan that fails leaves
-    the jobs not confirmed yet interrupted, and says so in the journal.
+    Waits for the link (the direct CAN link when there is one: it hears every node, the master
+    only CANopen ones it routes) as long as it takes to come back; a scan that fails leaves the jobs
+    not confirmed yet interrupted, and says so in the journal.
 
     :param running: whether a board has a job now
     :param publish: keeps, signals and persists a board's status
@@ -132,10 +134,10 @@ async def ask_the_boards(
         )  # fmt: skip
 
     async def scan() -> ScanResult:
-        async with master.use("asking boards about interrupted updates") as link:
-            return await link.scan()
+        async with link.use("asking boards about interrupted updates") as borrowed:
+            return await borrowed.scan()
 
-    await master.wait_connected()
+    await link.wait_connected()
     try:
         await confirm_finished(interrupted, scan, found, settings)
     except LinkError as err:

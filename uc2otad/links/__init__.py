@@ -13,5 +13,7 @@ interchangeable. One module per job:
 - ``ota_stream``, ``ota_wifi``: the two ways to update a slave through the HAT — streaming an image
   (CANopen masters) and asking the slave to join WiFi for ArduinoOTA (legacy masters); typed against
   ``hat_channel.HatChannel``, the HAT primitives they use, so that ``serial_hat`` calls them one way;
-- ``reconnect``, ``ports``, ``redact``: backoff, finding a re-plugged adapter, hiding secrets in logs.
+- ``reconnect``, ``ports``, ``redact``: backoff, finding a re-plugged adapter, hiding secrets in logs;
+- ``holder``: ``LinkHolder``, the exclusive use of a link, shared by every link;
+- ``can_direct`` (a package): ``CanDirectLink``, the daemon on the CAN bus itself as a CANopen client.
 """

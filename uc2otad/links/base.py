@@ -21,7 +21,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import re
@@ -34,7 +33,6 @@ from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from uc2otad.errors import (
-    LinkBusyError,
     LinkClosedError,
     LinkError,
     LinkIOError,
@@ -44,6 +42,7 @@ from uc2otad.errors import (
 )
 from uc2otad.links.capture import LinkCapture
 from uc2otad.links.frames import FrameParser, FrameType, Item
+from uc2otad.links.holder import LinkHolder
 from uc2otad.links.reconnect import RECONNECT_POLICY, ReconnectLogic
 from uc2otad.links.redact import redacted, redacted_text
 from uc2otad.links.replies import EventHub, EventStream, JsonObject, PendingReplies, ReplyShape
@@ -83,8 +82,6 @@ MAX_IN_FLIGHT = 4
 _BOOT_BANNER = re.compile(r"^rst:0x[0-9a-fA-F]+ \(")
 
 PortT = TypeVar("PortT")
-# which exclusive() block the current task runs in; tasks it starts inherit it
-_HOLDER: contextvars.ContextVar[object | None] = contextvars.ContextVar("uc2otad_link_holder", default=None)
 
 
 class LinkState(Enum):
@@ -165,7 +162,7 @@ class Link(abc.ABC, Generic[PortT]):
         #: the thread that writes to the port: the link's own, so that a busy default executor (firmware
         #: downloads, the store) cannot hold a command back until its reply timeout has passed
         self._writer: ThreadPoolExecutor | None = None
-        self._holder: tuple[str, object] | None = None
+        self._holder = LinkHolder()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconnector = ReconnectLogic(
@@ -468,22 +465,13 @@ class Link(abc.ABC, Generic[PortT]):
 
         :raises LinkBusyError: another task holds the link
         """
-        if self._holder is not None:
-            raise LinkBusyError(f"{self.name}: link is held for {self._holder[0]}", port=self.name)
-        token = object()
-        self._holder = (purpose, token)
-        context = _HOLDER.set(token)
-        try:
+        async with self._holder.hold(self.name, purpose):
             yield
-        finally:
-            _HOLDER.reset(context)
-            self._holder = None
 
     def _check_usable(self) -> None:
         if self._state is not LinkState.OPEN:
             raise LinkClosedError(f"{self.name}: link is {self._state.value}", port=self.name)
-        if self._holder is not None and _HOLDER.get() is not self._holder[1]:
-            raise LinkBusyError(f"{self.name}: link is held for {self._holder[0]}", port=self.name)
+        self._holder.check(self.name)
 
     async def _exchange(
         self,

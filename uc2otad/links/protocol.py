@@ -14,6 +14,9 @@ inherit) and the engine's factory is the one place that names it.
   :attr:`UpdateLink.capabilities` says beforehand which of the two ways to update works.
 - :class:`MasterLink`: the link the daemon holds (``engine/master.py``): the above, plus opening,
   closing, connection events and the daemon's leaving.
+- :class:`BusLink`: a link on the CAN bus itself, the daemon a CANopen client with no master in the
+  path (``links/can_direct``, ``engine/direct.py``): opened and closed by the daemon, and a
+  :class:`RebootWitness` — it hears a node's boot-up message, which no master passes on.
 
 The results (:class:`StreamResult`, :class:`WifiOtaResult`) live here too, so that a link's own
 procedures (``ota_stream``, ``ota_wifi`` for the HAT) depend on this module and not the other way round.
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from uc2otad.links.base import ConnectionEvent, LinkSettings
 from uc2otad.links.commands import BusHealth, MasterIdentity, ScanResult
@@ -194,3 +197,32 @@ class MasterLink(WifiTriggerLink, Protocol):
 
     def leave(self) -> None:
         """The daemon is stopping: what is abandoned from now on must not wait for the peer."""
+
+
+@runtime_checkable
+class RebootWitness(Protocol):
+    """A link that hears a node's boot-up message (COB-ID 0x700 + id, data 0x00, CiA 301): the
+    evidence that the node rebooted, which a method asks for when its link has it."""
+
+    async def wait_for_boot(self, node_id: int, timeout: float, *, since: float | None = None) -> bool:  # noqa: ASYNC109
+        """True once node ``node_id`` sent its boot-up message at or after event-loop time ``since``
+        (default: now); False after ``timeout``."""
+
+
+class BusLink(WifiTriggerLink, RebootWitness, Protocol):
+    """A link on the CAN bus itself (a SocketCAN or USB CAN adapter): the daemon is the SDO client.
+
+    It relays no WiFi trigger (``start_wifi_ota`` refuses, there is no master) and has no master to
+    identify (``identity`` None)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def open(self) -> None:
+        """Open the bus and start listening; no-op when open.
+
+        :raises LinkOpenError: the interface cannot be opened
+        """
+
+    async def close(self) -> None:
+        """Leave the bus; safe to call twice."""

@@ -12,6 +12,7 @@ callback reports its step directly, in the order the master sent them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import ClassVar, Self
@@ -19,9 +20,9 @@ from typing import ClassVar, Self
 from uc2otad.contract import Method
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo
-from uc2otad.links.protocol import LinkCapability, UpdateLink
+from uc2otad.links.protocol import LinkCapability, RebootWitness, UpdateLink
 from uc2otad.methods.base import Job, Phase, PlannedJob
-from uc2otad.methods.verify import VerifySettings, await_new_image, expected_of
+from uc2otad.methods.verify import VerifySettings, await_new_image, await_reboot, expected_of
 
 #: borrows a link for the purpose named; any :class:`UpdateLink` that can stream will do
 LinkUse = Callable[[str], AbstractAsyncContextManager[UpdateLink]]
@@ -70,6 +71,7 @@ class CanStreamMethod:
         job.obtained(image)
         data = image.data  # held since the fetch: a cleared cache cannot take it (D4)
         async with self._use_link(f"streaming to node {job.can_id}") as link:
+            started = asyncio.get_running_loop().time()
             await link.stream_ota(
                 job.can_id,
                 data,
@@ -79,5 +81,8 @@ class CanStreamMethod:
             job.committed()  # the master said "success": the slave checked the CRC and set its boot partition
             job.status.advance(Phase.VERIFYING)
             expected = expected_of(image, self._before)
-            evidence = await await_new_image(link.scan, job.can_id, expected, self._verify)
+            verify, rebooted = self._verify, False
+            if isinstance(link, RebootWitness):  # a link on the bus hears the reboot (direct CAN)
+                verify, rebooted = await await_reboot(link, job.can_id, started, verify), True
+            evidence = await await_new_image(link.scan, job.can_id, expected, verify, rebooted=rebooted)
         job.status.succeed(verification=evidence, firmware_version=image.version)

@@ -11,6 +11,9 @@ running the image. What a scan can prove depends on the firmware generation (uc2
   (``CANopenModule.cpp:1248-1251`` @063e5a6): neither names the image, and the build never equals the
   image's app descriptor. A build that changed since the scan before the update shows another image
   booted ("build").
+- On a link that hears the bus itself (the direct CAN link), the node's boot-up message after the
+  commit proves the reboot (:func:`await_reboot`), and a node that answers its SDO reads after it
+  runs the image the transfer checked unless its release string says otherwise ("reboot").
 - Otherwise the transfer protocol's word stands — the master's "success" (CRC checked, boot partition
   set) or ArduinoOTA's "OK" (MD5 checked) — once the board answers a scan again after ``settle``
   ("transfer"); the journal warns when its build did not change, since then the scan cannot tell
@@ -26,11 +29,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from uc2otad.errors import BoardNotBackError, VerificationError
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import UNVERSIONED, NodeInfo, ScanResult
+from uc2otad.links.protocol import RebootWitness
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -87,8 +91,9 @@ def is_release_string(reported: str | None) -> bool:
     return bool(reported) and reported != UNVERSIONED
 
 
-def evidence(node: NodeInfo, expected: Expected) -> str | None:
-    """The evidence that ``node`` runs the image ("version", "build", "transfer"), or None: not yet."""
+def evidence(node: NodeInfo, expected: Expected, *, rebooted: bool = False) -> str | None:
+    """The evidence that ``node`` runs the image ("version", "build", "reboot", "transfer"), or None:
+    not yet. ``rebooted``: its boot-up message after the commit was heard."""
     if same_release(node.fw_version, expected.release) or same_release(node.fw_version, expected.app_version):
         return "version"
     if is_release_string(node.fw_version):
@@ -96,7 +101,9 @@ def evidence(node: NodeInfo, expected: Expected) -> str | None:
     before = expected.before
     if before is not None and before.build and node.build and node.build != before.build:
         return "build"
-    return "transfer" if node.answered else None
+    if not node.answered:
+        return None
+    return "reboot" if rebooted else "transfer"
 
 
 #: one scan of the bus; the WiFi method borrows the link for each, so that boards of a batch that
@@ -104,9 +111,25 @@ def evidence(node: NodeInfo, expected: Expected) -> str | None:
 Scan = Callable[[], Awaitable[ScanResult]]
 
 
-async def await_new_image(scan: Scan, can_id: int, expected: Expected, settings: VerifySettings) -> str:
+async def await_reboot(
+    witness: RebootWitness, can_id: int, since: float, settings: VerifySettings
+) -> VerifySettings:
+    """Wait for board ``can_id``'s boot-up message sent at or after loop time ``since``; the settings
+    for the scans that follow (no settle: the board is back).
+
+    :raises BoardNotBackError: no boot-up message within the window
+    """
+    if not await witness.wait_for_boot(can_id, settings.window, since=since):
+        raise BoardNotBackError(f"board {can_id} sent no boot-up message within {settings.window:g} s")
+    return replace(settings, settle=0.0)
+
+
+async def await_new_image(
+    scan: Scan, can_id: int, expected: Expected, settings: VerifySettings, *, rebooted: bool = False
+) -> str:
     """Scan until board ``can_id`` shows it runs the image; the evidence found.
 
+    :param rebooted: its boot-up message after the commit was heard (:func:`await_reboot`)
     :raises BoardNotBackError: the board did not answer within the window
     :raises VerificationError: it answered, reporting another release string than the image's
     """
@@ -116,7 +139,7 @@ async def await_new_image(scan: Scan, can_id: int, expected: Expected, settings:
     while True:
         node = (await scan()).node(can_id)
         if node is not None and node.answered:
-            found = evidence(node, expected)
+            found = evidence(node, expected, rebooted=rebooted)
             if found is not None:
                 _warn_if_unproven(can_id, found, node, expected)
                 return found
@@ -132,7 +155,8 @@ async def await_new_image(scan: Scan, can_id: int, expected: Expected, settings:
 
 def _warn_if_unproven(can_id: int, found: str, node: NodeInfo, expected: Expected) -> None:
     before = expected.before
-    if found == "transfer" and before is not None and before.build and node.build == before.build:
+    unproven = found in ("transfer", "reboot")  # a rolled-back board reboots and answers too
+    if unproven and before is not None and before.build and node.build == before.build:
         _LOGGER.warning(
             "board %d: the transfer was confirmed, but the board reports the build it reported before "
             "(%s): this firmware cannot show which image it runs",

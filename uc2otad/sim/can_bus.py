@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import can
@@ -28,6 +29,8 @@ from uc2otad.sim.can_rate import PACE_SLICE, BusClock, CanRate
 
 #: seconds a notifier thread blocks per read; closing wakes it, so this only bounds a missed wake-up
 NOTIFIER_TIMEOUT = 1.0
+#: frames a SocketCAN device queues for sending (``tx_queue_len``, linux ``drivers/net/can/dev/dev.c``)
+SOCKETCAN_TX_QUEUE = 10
 #: seconds to wait for a notifier thread to end on close
 CLOSE_TIMEOUT = 2.0
 _channel_numbers = itertools.count(1)
@@ -35,24 +38,76 @@ _channel_numbers = itertools.count(1)
 _WAKE_UP = can.Message(arbitration_id=0, is_error_frame=True)
 
 
+class FrameLoss:
+    """A switchable fault: frames that take their time on the wire but reach no receiver.
+
+    On a real bus a frame garbled on the wire is not lost — every controller flags the error and the
+    sender repeats it — but a receiver that does not empty its buffers in time drops what arrives: the
+    MCP2515 of a Raspberry Pi CAN HAT has two receive buffers and sets RX0OVR/RX1OVR in EFLG when a
+    third frame comes before the driver read them (Microchip DS20001801, §4.0, EFLG register), and
+    ``candump`` shows the overrun as an error frame. For the peers that matters as one frame lost.
+    Thread-safe: participants send from their own threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[Callable[[can.Message], bool]] = []
+        #: the frames lost so far, in order
+        self.lost: list[can.Message] = []
+
+    def lose_next(self, matches: Callable[[can.Message], bool]) -> None:
+        """Lose the next frame for which ``matches`` is true (once; call again for more)."""
+        with self._lock:
+            self._pending.append(matches)
+
+    def take(self, message: can.Message) -> bool:
+        """True if ``message`` is to be lost (and it is counted as such)."""
+        with self._lock:
+            for index, matches in enumerate(self._pending):
+                if matches(message):
+                    del self._pending[index]
+                    self.lost.append(message)
+                    return True
+        return False
+
+
 class _PacedVirtualBus(VirtualBus):
     """python-can's virtual bus whose sends take their time on the wire when the rate model is on."""
 
     def __init__(
-        self, channel: str, clock: BusClock, *, wait_for_wire: bool, filters: Sequence[int] | None
+        self,
+        channel: str,
+        clock: BusClock,
+        *,
+        wait_for_wire: bool,
+        filters: Sequence[int] | None,
+        loss: FrameLoss | None = None,
+        tx_queue: float | None = None,
     ) -> None:
+        """
+        :param tx_queue: seconds of frames the sender may queue ahead of the wire (a SocketCAN
+            device's transmit queue); None: it waits for each frame to leave the wire
+        """
         can_filters = (
             None if filters is None else [{"can_id": can_id, "can_mask": 0x7FF} for can_id in filters]
         )
         super().__init__(channel=channel, can_filters=can_filters)
         self._clock = clock
         self._wait_for_wire = wait_for_wire
+        self._loss = loss
+        self._tx_queue = tx_queue
 
     def send(self, msg: can.Message, timeout: float | None = None) -> None:
         if self._clock.rate.paced:
             ahead = self._clock.book(msg.arbitration_id, bytes(msg.data))
-            if self._wait_for_wire and ahead > PACE_SLICE:
+            queue = self._tx_queue
+            if queue is not None and self._wait_for_wire:
+                if ahead > 2 * queue:  # blocked while the queue is full, until it is half empty
+                    time.sleep(ahead - queue)
+            elif self._wait_for_wire and ahead > PACE_SLICE:
                 time.sleep(ahead)  # only ever in a worker thread (wait_for_wire)
+        if self._loss is not None and self._loss.take(msg):
+            return
         super().send(msg, timeout)
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
@@ -80,7 +135,9 @@ class CanPort:
         loop: asyncio.AbstractEventLoop | None,
         wait_for_wire: bool,
     ) -> None:
-        self._bus = _PacedVirtualBus(bus.channel, bus.clock, wait_for_wire=wait_for_wire, filters=filters)
+        self._bus = _PacedVirtualBus(
+            bus.channel, bus.clock, wait_for_wire=wait_for_wire, filters=filters, loss=bus.loss
+        )
         self._notifier = can.Notifier(self._bus, list(listeners), timeout=NOTIFIER_TIMEOUT, loop=loop)
         self._closed = False
 
@@ -113,6 +170,8 @@ class SimCanBus:
         #: a name no other microscope in this process uses
         self.channel = f"uc2otad-sim-{os.getpid()}-{next(_channel_numbers)}"
         self.clock = BusClock(self.rate)
+        #: frames lost on the way (a switchable fault, off until a frame is chosen)
+        self.loss = FrameLoss()
 
     def __repr__(self) -> str:
         paced = f"{self.rate.bitrate} bit/s" if self.rate.paced else "unpaced"
@@ -140,5 +199,15 @@ class SimCanBus:
         """A bare python-can bus on the channel, for a participant that reads it itself (another
         process's client, ``remote_bus.py``): it hears every frame, and its sends take their wire time
         in the sending thread when the rate model is on. ``wake_up()`` ends a read; ``shutdown()`` leaves.
+
+        Such a client stands for a host on SocketCAN, whose writes return once the frame is in the
+        device's transmit queue: ``can_setup()`` gives every CAN device ``tx_queue_len = 10``
+        (linux ``drivers/net/can/dev/dev.c``), and the controller empties it back to back. So the
+        sender runs up to ten full frames ahead of the wire instead of waking for each one, which
+        would leave the wire idle for every late wake-up (``bench/can_direct.py`` measured 2 s of an
+        850 KB image).
         """
-        return _PacedVirtualBus(self.channel, self.clock, wait_for_wire=True, filters=None)
+        queue = SOCKETCAN_TX_QUEUE * self.rate.frame_seconds(0x7FF, bytes(8))
+        return _PacedVirtualBus(
+            self.channel, self.clock, wait_for_wire=True, filters=None, loss=self.loss, tx_queue=queue
+        )

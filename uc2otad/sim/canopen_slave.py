@@ -14,8 +14,12 @@ Written from ``uc2-stack.md`` §3.1-§3.3 and §2.3. The node listens on its SDO
 - commits a streamed image, then reboots ``ota_reboot_delay`` later into it; a write of 1 to 0x2507
   reboots it after ``restart_delay``; every boot takes ``node_boot_time`` and ends with the boot-up
   message (0x700 + id), which is how the master learns the node is there;
-- resets a half-finished OTA after ``ota_idle_reset`` without data, and aborts an SDO transfer whose
-  client went quiet for ``sdo_server_timeout``;
+- resets a half-finished OTA as FW-main's watchdog task does (``CanOpenOTA.cpp:102-119`` @063e5a6):
+  looking every ``ota_watchdog_period`` since its boot, once more than ``ota_idle_reset`` passed since
+  the OTA's last activity — the end of the size write, stamped after the erase (``:223-225``), or the
+  last flash write of image data (``:270-273``); status reads and other frames do not count;
+- aborts an SDO transfer whose client went quiet for ``sdo_server_timeout``, and acknowledges a
+  sub-block that got no segment for 0.7 of it (CANopenNode's sub-block timeout, :mod:`.sdo_block`);
 - on ``OTA_START`` joins WiFi and serves ArduinoOTA (:mod:`~uc2otad.sim.wifi_ota`) — blocking its CAN
   dispatch meanwhile, as FW-legacy does — and reboots into what it received.
 
@@ -51,7 +55,7 @@ from uc2otad.sim.profiles import (
     generation_of,
     release_of,
 )
-from uc2otad.sim.sdo_block import BlockDownload
+from uc2otad.sim.sdo_block import BLOCK_TIMEOUT_SHARE, BlockDownload
 from uc2otad.sim.sdo_server import SdoServer
 from uc2otad.sim.sdo_wire import BOOT_UP, HEARTBEAT_BASE, SDO_REQUEST_BASE, SDO_RESPONSE_BASE
 from uc2otad.sim.slave_objects import Reported, SlaveObjects
@@ -127,6 +131,12 @@ class CanOpenSlave:
         self._restarting: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._last_frame = 0.0
+        #: loop time of the OTA's last activity (``s_lastChunkMillis``), and when the watchdog task
+        #: started looking (at boot, ``CanOpenOTA.cpp:408``)
+        self._ota_fed_at = 0.0
+        self._watchdog_since = 0.0
+        #: loop time the sub-block timeout counts from: the last frame, or its last acknowledgement
+        self._sub_block_since = 0.0
         #: the transfer that has had its stall (a stall fault strikes once per transfer)
         self._stalled: BlockDownload | None = None
         self._changed = asyncio.Event()
@@ -253,7 +263,9 @@ class CanOpenSlave:
                 continue
             if not self.reachable or message.timestamp < self._on_bus_since or message.is_error_frame:
                 continue
-            self._last_frame = loop.time()
+            # the watchdog is a task of its own: a frame that waited out flash work finds it has struck
+            self._watch_ota(loop.time())
+            self._last_frame = self._sub_block_since = loop.time()
             try:
                 await self._on_frame(message.arbitration_id, bytes(message.data))
             except Exception:  # a bug of the simulator: say so loudly, keep serving as a watchdog would
@@ -264,29 +276,66 @@ class CanOpenSlave:
         deadlines = []
         if self._sdo.busy:
             deadlines.append(self._last_frame + self.timing.sdo_server_timeout)
-        if self._ota.status is OtaStatus.RECEIVING:
-            deadlines.append(self._last_frame + self.timing.ota_idle_reset)
+        if self._sdo.in_sub_block:
+            deadlines.append(self._sub_block_since + self._sub_block_timeout)
+        watchdog = self._watchdog_deadline()
+        if watchdog is not None:
+            deadlines.append(watchdog)
         return min(deadlines, default=None)
+
+    def _watchdog_deadline(self) -> float | None:
+        """The watchdog's first look at which the OTA has been idle for more than ``ota_idle_reset``
+        (``(now - last) > OTA_INACTIVITY_TIMEOUT_MS``, ``CanOpenOTA.cpp:110``), if one runs
+        (``s_otaStarted``: begun, not yet complete or failed, ``:105``)."""
+        if self._ota.status is not OtaStatus.RECEIVING:
+            return None
+        due = self._ota_fed_at + self.timing.ota_idle_reset
+        period = self.timing.ota_watchdog_period
+        if period <= 0:
+            return due
+        # looks at _watchdog_since + k * period; the first one strictly after ``due`` resets
+        return self._watchdog_since + (math.floor((due - self._watchdog_since) / period) + 1) * period
+
+    def _watch_ota(self, now: float) -> None:
+        """The watchdog's reset, when it is due (``resetOtaState``, ``CanOpenOTA.cpp:116, 125-145``:
+        idle, 0 bytes, no error — a new size write is all the next attempt needs)."""
+        deadline = self._watchdog_deadline()
+        if deadline is not None and now >= deadline:
+            _LOGGER.info("%r: OTA idle for more than %ss, reset", self, self.timing.ota_idle_reset)
+            self._ota.reset()
+            self._notify()
 
     def _on_timer(self, now: float) -> None:
         if self._sdo.busy and now >= self._last_frame + self.timing.sdo_server_timeout:
             _LOGGER.info("%r: SDO transfer timed out", self)
             self._send(SDO_RESPONSE_BASE + self.can_id, self._sdo.on_timeout())
             self._notify()
-        if self._ota.status is OtaStatus.RECEIVING and now >= self._last_frame + self.timing.ota_idle_reset:
-            _LOGGER.info("%r: OTA idle for %ss, reset", self, self.timing.ota_idle_reset)
-            self._ota.reset()
+        if self._sdo.in_sub_block and now >= self._sub_block_since + self._sub_block_timeout:
+            _LOGGER.info("%r: sub-block timed out, acknowledging what came", self)
+            feeds = self._ota.feeds
+            self._send(SDO_RESPONSE_BASE + self.can_id, self._sdo.on_block_timeout())
+            self._sub_block_since = now  # "reset block_timeoutTimer, but not SDO->timeoutTimer" (:1468)
+            if self._ota.feeds != feeds:
+                self._ota_fed_at = now
             self._notify()
+        self._watch_ota(now)
+
+    @property
+    def _sub_block_timeout(self) -> float:
+        """CANopenNode's sub-block timeout: 0.7 of the SDO server timeout (``CO_SDOserver.c:338``)."""
+        return BLOCK_TIMEOUT_SHARE * self.timing.sdo_server_timeout
 
     async def _on_frame(self, can_id: int, data: bytes) -> None:
         if can_id == self.can_id:
             await self._on_isotp(data)
             return
-        status, transferring = self._ota.status, self._sdo.busy
+        status, transferring, feeds = self._ota.status, self._sdo.busy, self._ota.feeds
         response = self._sdo.on_request(data)
         busy = self._objects.take_busy_seconds()
         if busy:
             await self._hold_up(busy)  # the flash work blocks the board's CAN task
+        if self._ota.feeds != feeds:  # stamped once the flash work is done (CanOpenOTA.cpp:223-225, 273)
+            self._ota_fed_at = asyncio.get_running_loop().time()
         if response is not None:
             if self.timing.sdo_time:
                 await asyncio.sleep(self.timing.sdo_time)
@@ -406,6 +455,7 @@ class CanOpenSlave:
                 self.profile = PROFILES[generation]
         self._booting = False
         self._erased_since_boot = False
+        self._watchdog_since = asyncio.get_running_loop().time()  # its task starts with the app
         self.boots += 1
         self._on_bus_since = time.time()
         _LOGGER.info("%r: booted reports=%s", self, self._reported())

@@ -9,7 +9,16 @@ Written from ``uc2-stack.md`` §3.1 (FW-main ``CanOpenOTA.cpp`` as the spec desc
   checks the CRC (error 4), lets ESP-IDF check the image (``esp_ota_end``: no 0xE9 header is error 5),
   sets the boot partition and reports status 3 — the node then reboots into it;
 - 0x2F03 status (0 idle, 1 receiving, 2 verifying, 3 complete, 0xFF error), 0x2F04 bytes received,
-  0x2F05 error code, all read-only.
+  0x2F05 error code, read-only here (FW-main's OD makes them SDO_RW, ``lib/uc2_od/OD.c:897-911``
+  @063e5a6, but nothing in its OTA reads a written value back; no client writes them);
+- 0x2F01 and 0x2F00 cannot be read (their extensions have no read function, ``CanOpenOTA.cpp:378, 390``).
+
+The inactivity watchdog (``CanOpenOTA.cpp:102-119`` @063e5a6) keys on :attr:`OtaReceiver.feeds`: the
+firmware stamps its "last activity" when the size write has begun the OTA (``:223-225``) and after each
+flash write of image data (``:270-273``), nothing else; its reset is :meth:`OtaReceiver.reset`
+(``resetOtaState``, ``:125-145``: status idle, bytes 0, error none). Image data while no OTA runs
+(never begun, reset by the watchdog, ended in an error or complete) is refused at the write with
+``ODR_DEV_INCOMPAT`` and no change of state (``:238-241``), which CANopenNode sends as abort 0x06040047.
 
 A refusal is an SDO abort, which is what the master sees of it. Pure and synchronous, like the C++; the
 node adds the time the flash is busy.
@@ -51,6 +60,7 @@ class OtaError(IntEnum):
     WRITE_FAILED = 3
     CRC_MISMATCH = 4
     COMMIT_FAILED = 5
+    #: defined (``CanOpenOTA.h:38`` @063e5a6) but never set by FW-main
     SIZE_ZERO = 6
     TOO_LARGE = 7
 
@@ -70,6 +80,9 @@ class OtaReceiver:
         self.expected_crc = 0
         #: the image set as the boot partition, waiting for the reboot; None before
         self.committed: bytes | None = None
+        #: how often the watchdog's last-activity time was taken (``s_lastChunkMillis``); the node stamps
+        #: the clock whenever this changes, after the flash work of the request
+        self.feeds = 0
         self._partition = bytearray()
 
     @property
@@ -97,17 +110,12 @@ class OtaReceiver:
         self.size = size
         self.status = OtaStatus.RECEIVING
         self.error = OtaError.NONE
+        self.feeds += 1  # after esp_ota_begin returned: the erase does not eat the idle window (:223-225)
         _LOGGER.debug("OTA begin size=%d crc=0x%08X", size, self.expected_crc)
 
     def image_sink(self) -> DownloadSink:
-        """0x2F00: where the image's bytes go.
-
-        :raises SdoAbortError: no size was written first
-        """
-        if self.status is OtaStatus.IDLE:
-            self._fail(OtaError.SIZE_ZERO)  # an image without a size: the firmware's error 6
-        if self.status is not OtaStatus.RECEIVING or self.received:
-            raise SdoAbortError(AbortCode.DEVICE_STATE, "write the size (0x2F01) before the image")
+        """0x2F00: where the image's bytes go. The download always begins: the firmware looks at its
+        state only when CANopenNode hands it the first data (:meth:`write`)."""
         return _ImageSink(self)
 
     def reset(self) -> None:
@@ -120,15 +128,19 @@ class OtaReceiver:
     def write(self, data: bytes) -> None:
         """``esp_ota_write``.
 
-        :raises SdoAbortError: more bytes than the size written
+        :raises SdoAbortError: no OTA runs (``onOtaWriteChunk`` returns ``ODR_DEV_INCOMPAT`` and changes
+            nothing, ``CanOpenOTA.cpp:238-241`` @063e5a6), or more bytes than the size written
         """
         if self.status is not OtaStatus.RECEIVING:
-            raise SdoAbortError(AbortCode.DEVICE_STATE, f"OTA status {self.status.name}")
+            raise SdoAbortError(
+                AbortCode.DEVICE_INCOMPAT, f"OTA status {self.status.name}: write the size first"
+            )
         start = self.received
         if start + len(data) > self.size:
             self._fail(OtaError.WRITE_FAILED)
             raise SdoAbortError(AbortCode.STORE, f"more than the {self.size} bytes announced")
         self._partition += data
+        self.feeds += 1  # after esp_ota_write (CanOpenOTA.cpp:270-273)
         offset = self.corrupt_offset
         if offset is not None and start <= offset < self.received:
             self._partition[offset] ^= 0xFF

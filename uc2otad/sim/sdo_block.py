@@ -7,9 +7,25 @@ the next sub-block; a segment with bit 7 set is the last one, and the end frame 
 unused bytes in it and the CRC-16/XMODEM of all data. The ``canopen`` package has only the client
 side of this (its ``LocalNode`` aborts with 0x05040001), hence this module.
 
-Data reaches the object sub-block by sub-block, as CANopenNode flushes its buffer into the OD write
-extension, so an object that fails a write aborts the transfer in mid-stream; the last segment is held
-back until the end frame says how much of it is data. Pure: frames in, frames out, no I/O.
+The server behaves as CANopenNode's does in FW-main (``lib/ESP32_CanOpenNode/src/301/CO_SDOserver.c``
+@063e5a6 of youseetoo/uc2-esp32, with ``CO_CONFIG_SDO_SRV_BUFFER_SIZE`` 1024 from
+``src/CO_driver_target.h:68``):
+
+- a segment is taken when it is the next in sequence (``CO_SDOserver.c:84-104``); a repeat of the last
+  one taken, or any segment before the first of a sub-block, is ignored; any other breaks the sub-block
+  at once — the acknowledgement goes out then, naming the last segment taken (``:105-110``), and the
+  rest of the client's sub-block is ignored until it starts over with sequence number 1. No sequence
+  number makes it abort;
+- when no segment came for 0.7 x the SDO timeout (``:338``, ``:1186-1198``), it acknowledges what it has
+  (:meth:`BlockDownload.on_block_timeout`): a lost last segment of a sub-block, or a lost first one,
+  costs a pause, not the transfer;
+- data reach the object from its 1024-byte buffer at an acknowledgement when the buffer cannot take a
+  full sub-block more (``:1440-1456``) — with 1024 bytes that is after each sub-block of more than 19
+  segments — so an object that fails a write aborts the transfer in mid-stream; the sub-block with the
+  last segment stays in the buffer until the end frame says how much of it is data (``:1434-1436``,
+  ``:1024-1045``), and the CRC-16 is computed as the buffer is written (``:541``).
+
+Pure: frames in, frames out, no I/O; the node keeps the clock.
 """
 
 from __future__ import annotations
@@ -39,6 +55,12 @@ _SEQUENCE = 0x7F
 #: client subcommands (bits 1-0 of byte 0) and server subcommands
 _END_BLOCK = 1
 _BLOCK_ACK = 2
+#: ``CO_CONFIG_SDO_SRV_BUFFER_SIZE`` in FW-main (``lib/ESP32_CanOpenNode/src/CO_driver_target.h:68``
+#: @063e5a6); two bytes of it stay free (``CO_SDOserver.c:1400, 1443``)
+SERVER_BUFFER_SIZE = 1024
+#: the sub-block timeout is this share of the SDO server timeout (``block_SDOtimeoutTime_us =
+#: SDOtimeoutTime_ms * 700``, ``CO_SDOserver.c:338`` @063e5a6)
+BLOCK_TIMEOUT_SHARE = 0.7
 
 
 class DownloadSink(Protocol):
@@ -95,14 +117,15 @@ class BlockDownload:
         self.received = 0
         self._sink = sink
         self._crc_checked = crc
+        #: the size of the sub-block under way, and the most this server asks for
         self._block_size = block_size
+        self._block_size_limit = block_size
         self._crc = 0
         self._written = 0
         self._ackseq = 0
-        self._segments: list[bytes] = []
-        self._out_of_order = False
+        #: taken since the last flush into the object (``SDO->buf``)
+        self._buffer = bytearray()
         self._last_seen = False
-        self._tail = b""
 
     def initiate_response(self) -> bytes:
         """The answer to the initiate request: CRC supported, and the first sub-block's size."""
@@ -121,20 +144,26 @@ class BlockDownload:
         if self.state is BlockState.DONE:
             raise SdoAbortError(AbortCode.COMMAND, "the block download is over")
         sequence = frame[0] & _SEQUENCE
-        if not 1 <= sequence <= self._block_size:
-            raise SdoAbortError(AbortCode.SEQUENCE, f"sequence number {sequence}")
-        if sequence == self._ackseq + 1 and not self._out_of_order:
+        if sequence <= self._block_size and sequence == self._ackseq + 1:  # CO_SDOserver.c:84-104
             self._ackseq = sequence
-            self._segments.append(frame[1 : 1 + SEGMENT_BYTES])
+            self._buffer += frame[1 : 1 + SEGMENT_BYTES]
             self.received += SEGMENT_BYTES
             self._last_seen = bool(frame[0] & _LAST_SEGMENT)
-        else:
-            # a segment was lost: ignore the rest of this sub-block; the acknowledgement names the last
-            # one received in order and the client sends again from the one after it
-            self._out_of_order = True
-        if sequence == self._block_size or frame[0] & _LAST_SEGMENT:
+            if self._last_seen or sequence == self._block_size:
+                return self._acknowledge()
+            return None
+        if self._ackseq not in (0, sequence):  # a sub-block under way, and no repeat
+            # a segment was lost: the acknowledgement goes out now and names the last one taken; the
+            # client sends again from the one after it (:105-110)
             return self._acknowledge()
-        return None
+        return None  # a repeat, or the rest of a broken sub-block before the client starts over
+
+    def on_block_timeout(self) -> bytes | None:
+        """No segment came for the sub-block timeout (:data:`BLOCK_TIMEOUT_SHARE` of the SDO timeout):
+        acknowledge what came, as ``CO_SDOserver.c:1186-1198`` does; None when no sub-block is open."""
+        if self.state is not BlockState.RECEIVING:
+            return None
+        return self._acknowledge()
 
     def abort(self) -> None:
         """The transfer ends without its end frame (client abort, timeout, reboot): the object forgets it."""
@@ -143,32 +172,49 @@ class BlockDownload:
             self._sink.abort()
 
     def _acknowledge(self) -> bytes:
-        data = b"".join(self._segments)
-        self._segments.clear()
+        """The sub-block's acknowledgement (``CO_SDOserver.c:1428-1470``): the last segment taken, and
+        the next sub-block's size from the buffer's free space, flushed first when it has too little."""
         if self._last_seen:
-            data, self._tail = data[:-SEGMENT_BYTES], data[-SEGMENT_BYTES:]
-            self.state = BlockState.ENDING
-        self._store(data)
+            self.state = BlockState.ENDING  # the buffer waits for the end frame (:1434-1436)
+        elif (SERVER_BUFFER_SIZE - 2 - len(self._buffer)) // SEGMENT_BYTES < MAX_BLOCK_SIZE:
+            self._flush(bytes(self._buffer))
+        free = (SERVER_BUFFER_SIZE - 2 - len(self._buffer)) // SEGMENT_BYTES
+        if not self._last_seen:
+            self._block_size = min(free, MAX_BLOCK_SIZE, self._block_size_limit)
         frame = bytes([Response.BLOCK_DOWNLOAD << 5 | _BLOCK_ACK, self._ackseq, self._block_size])
         self._ackseq = 0
-        self._out_of_order = False
         return frame.ljust(8, b"\0")
 
     def _end(self, frame: bytes) -> bytes:
+        """The end frame: the size first, then the CRC-16, and only then the last data reach the object
+        (``CO_SDOserver.c:1024-1045`` into ``validateAndWriteToOD``, ``:483-490``, ``:539-546``, ``:552``)."""
         unused = (frame[0] >> 2) & 0x07
-        self._store(self._tail[: SEGMENT_BYTES - unused])
-        (crc,) = struct.unpack_from("<H", frame, 1)
-        if self._crc_checked and crc != self._crc:
-            raise SdoAbortError(AbortCode.CRC, f"CRC 0x{crc:04X} sent, 0x{self._crc:04X} received")
-        if self.size is not None and self._written != self.size:
-            raise SdoAbortError(AbortCode.LENGTH_MISMATCH, f"{self._written} bytes of {self.size}")
+        if len(self._buffer) <= unused:  # "just in case, should never happen" (:1030-1034)
+            raise SdoAbortError(AbortCode.DEVICE_INCOMPAT, "the end names more unused bytes than it holds")
+        data = bytes(self._buffer[: len(self._buffer) - unused])
+        self._buffer.clear()
+        written = self._written + len(data)
+        if self.size is not None and written != self.size:
+            code = AbortCode.DATA_LONG if written > self.size else AbortCode.DATA_SHORT
+            raise SdoAbortError(code, f"{written} bytes of {self.size}")
+        crc = binascii.crc_hqx(data, self._crc)
+        (sent,) = struct.unpack_from("<H", frame, 1)
+        if self._crc_checked and sent != crc:
+            raise SdoAbortError(AbortCode.CRC, f"CRC 0x{sent:04X} sent, 0x{crc:04X} received")
+        self._store(data)
         self._sink.end()
         self.state = BlockState.DONE
         return bytes([Response.BLOCK_DOWNLOAD << 5 | _END_BLOCK]).ljust(8, b"\0")
 
+    def _flush(self, data: bytes) -> None:
+        """The buffer into the object (``validateAndWriteToOD``)."""
+        self._buffer.clear()
+        self._store(data)
+
     def _store(self, data: bytes) -> None:
         if self.size is not None and self._written + len(data) > self.size:
-            raise SdoAbortError(AbortCode.LENGTH_MISMATCH, f"more than the {self.size} bytes announced")
+            # before the end, whole segments count (:528-533)
+            raise SdoAbortError(AbortCode.DATA_LONG, f"more than the {self.size} bytes announced")
         # CRC-16/XMODEM (polynomial 0x1021, initial 0) is binascii's CRC-CCITT
         self._crc = binascii.crc_hqx(data, self._crc)
         self._written += len(data)

@@ -139,6 +139,25 @@ class SdoServer:
         self.reset()
         return abort_frame(transfer.index, transfer.sub, AbortCode.TIMEOUT)
 
+    def on_block_timeout(self) -> bytes | None:
+        """No segment of the open sub-block came for the sub-block timeout: its acknowledgement, naming
+        what came (``CO_SDOserver.c:1186-1198`` @063e5a6); None when no sub-block is open."""
+        block = self.block_download
+        if block is None:
+            return None
+        try:
+            return block.on_block_timeout()
+        except SdoAbortError as err:  # the flush into the object failed
+            _LOGGER.debug("SDO 0x%04X:%02X aborted: %s", block.index, block.sub, err)
+            self.reset()
+            return abort_frame(block.index, block.sub, err.code)
+
+    @property
+    def in_sub_block(self) -> bool:
+        """A block download waits for segments (the sub-block timeout runs)."""
+        block = self.block_download
+        return block is not None and block.state is BlockState.RECEIVING
+
     def reset(self) -> None:
         """Forget the open transfer (client abort, reboot); its object hears :meth:`DownloadSink.abort`."""
         transfer, self._transfer = self._transfer, None
@@ -173,11 +192,11 @@ class SdoServer:
         data = frame[1 : FRAME_BYTES - ((frame[0] >> 1) & 0x07)]
         transfer.written += len(data)
         if transfer.size is not None and transfer.written > transfer.size:
-            raise SdoAbortError(AbortCode.LENGTH_MISMATCH, f"more than {transfer.size} bytes")
+            raise SdoAbortError(AbortCode.DATA_LONG, f"more than {transfer.size} bytes")  # CO_SDOserver.c:935
         transfer.sink.write(data)
         if frame[0] & _NO_MORE:
             if transfer.size is not None and transfer.written != transfer.size:
-                raise SdoAbortError(AbortCode.LENGTH_MISMATCH, f"{transfer.written} of {transfer.size} bytes")
+                raise SdoAbortError(AbortCode.DATA_SHORT, f"{transfer.written} of {transfer.size} bytes")
             transfer.sink.end()
             self._transfer = None
         transfer.toggle ^= _TOGGLE

@@ -62,10 +62,20 @@ class AbortCode(IntEnum):
     BLOCK_SIZE = 0x0504_0002
     SEQUENCE = 0x0504_0003
     CRC = 0x0504_0004
+    #: "unsupported access to an object": CANopenNode's answer to ``ODR_UNSUPP_ACCESS``, what an OD
+    #: extension without a read function gives (``OD_readDisabled``, ``CO_ODinterface.c:126-131, 249-250``)
+    UNSUPPORTED_ACCESS = 0x0601_0000
     WRITE_ONLY = 0x0601_0001
     READ_ONLY = 0x0601_0002
     NO_OBJECT = 0x0602_0000
+    #: "general internal incompatibility in the device": CANopenNode's answer to ``ODR_DEV_INCOMPAT``
+    #: (``OD_getSDOabCode``, ``CO_ODinterface.c:275`` @063e5a6 of youseetoo/uc2-esp32)
+    DEVICE_INCOMPAT = 0x0604_0047
     LENGTH_MISMATCH = 0x0607_0010
+    #: "data type does not match, length too high / too low": CANopenNode's block download when more, or
+    #: at the end fewer, bytes came than the initiate indicated (``CO_SDOserver.c:483-490, 528-533``)
+    DATA_LONG = 0x0607_0012
+    DATA_SHORT = 0x0607_0013
     INVALID_VALUE = 0x0609_0030
     VALUE_TOO_HIGH = 0x0609_0031
     GENERAL = 0x0800_0000

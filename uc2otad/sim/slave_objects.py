@@ -135,7 +135,6 @@ class SlaveObjects:
         numbers = {
             DEVICE_TYPE: struct.pack("<I", NO_PROFILE),
             REBOOT: b"\x00",
-            OTA_SIZE: struct.pack("<I", ota.size),
             OTA_CRC: struct.pack("<I", ota.expected_crc),
             OTA_STATUS: bytes([ota.status]),
             OTA_RECEIVED: struct.pack("<I", ota.received),
@@ -143,8 +142,10 @@ class SlaveObjects:
         }
         if index in numbers:
             return numbers[index]
-        if index == OTA_DATA:
-            raise SdoAbortError(AbortCode.WRITE_ONLY, "the image object cannot be read")
+        if index in (OTA_DATA, OTA_SIZE):
+            # both are SDO_RW in the OD (lib/uc2_od/OD.c:882-891 @063e5a6), but their write extensions
+            # have no read function (CanOpenOTA.cpp:378, 390): CANopenNode's OD_readDisabled answers
+            raise SdoAbortError(AbortCode.UNSUPPORTED_ACCESS, f"0x{index:04X} cannot be read")
         raise SdoAbortError(AbortCode.NO_OBJECT, f"0x{index:04X}")
 
     def download(self, index: int, sub: int, size: int | None) -> DownloadSink:

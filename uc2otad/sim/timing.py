@@ -58,7 +58,12 @@ class MasterTiming:
     ota_rx_timeout: float = 30.0
 
     # ---- the slaves ---------------------------------------------------------------------------------
-    #: CANopenNode's SDO server aborts a transfer after 1 s without a frame (``SDOserverTimeoutTime_ms``)
+    #: a slave's SDO server aborts a transfer after this long without a frame; 0.7 of it is CANopenNode's
+    #: sub-block timeout (``CO_SDOserver.c:338``, :mod:`.sdo_block`). FW-main passes 5000 ms
+    #: (``SDO_SRV_TIMEOUT_TIME``, ``CANopenModule.cpp:94-99, 1342-1345`` @063e5a6; uc2-stack.md §2.4):
+    #: 1 s here is the library example's (``lib/ESP32_CanOpenNode/examples/ESP32_CANOpenNode/
+    #: ESP32_CANOpenNode.ino:87``), kept because the simulator's tests count on a failed transfer being
+    #: cleared within 1 s — set 5.0 for the firmware's number
     sdo_server_timeout: float = 1.0
     #: the size write with ``OTA_WITH_SEQUENTIAL_WRITES``: ``esp_ota_begin`` erases nothing up front
     #: (an estimate for the partition lookup)
@@ -78,8 +83,15 @@ class MasterTiming:
     #: a slave reboots this long after it committed an image: the deferred restart that lets the SDO
     #: end response go out (§2.2 step 5)
     ota_reboot_delay: float = 2.0
-    #: a slave resets a half-finished OTA after 30 s without data (§3.1)
+    #: a slave resets a half-finished OTA once more than 30 s passed since its last activity
+    #: (``OTA_INACTIVITY_TIMEOUT_MS``, ``CanOpenOTA.cpp:58, 110`` @063e5a6): the end of the size write,
+    #: taken after ``esp_ota_begin`` erased (``:223-225``), or the last flash write of image data
+    #: (``:270-273``); SDO frames that write nothing (status reads, the CRC) do not count (§3.1)
     ota_idle_reset: float = 30.0
+    #: the slave's OTA watchdog task looks every 2 s (``vTaskDelay(pdMS_TO_TICKS(2000))``,
+    #: ``CanOpenOTA.cpp:102-119`` @063e5a6), counted from its boot: the reset comes at the first look
+    #: after ``ota_idle_reset`` ran out, up to one period late. 0: it looks all the time
+    ota_watchdog_period: float = 2.0
 
     # ---- the WiFi method (legacy firmware, §2.3) -------------------------------------------------------
     #: joining the virtual WiFi with the right credentials, DHCP included (an estimate)
