@@ -8,12 +8,14 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import can
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from caddy import CaddyServer
 from daemon_process import DaemonProcess
 from dbus_fast.aio import MessageBus
 from faultserver import FaultServer
+from lossy_bus import LOSS, LOSSY
 
 from uc2otad.sim.private_bus import PrivateBus
 
@@ -108,3 +110,14 @@ async def client(private_bus: PrivateBus) -> AsyncIterator[MessageBus]:
     bus = await MessageBus(bus_address=private_bus.address).connect()
     yield bus
     bus.disconnect()
+
+
+@pytest.fixture
+def lossy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[can.Message], bool] | None]:
+    """The lossy interface (``lossy_bus.py``), registered with python-can under ``LOSSY``; set a
+    predicate for "send" or "receive" to lose the next frame it picks."""
+    monkeypatch.setitem(can.interfaces.BACKENDS, LOSSY, ("lossy_bus", "LossyVirtualBus"))
+    monkeypatch.setattr("can.util.VALID_INTERFACES", can.interfaces.VALID_INTERFACES | {LOSSY})
+    monkeypatch.setitem(LOSS, "send", None)
+    monkeypatch.setitem(LOSS, "receive", None)
+    return LOSS

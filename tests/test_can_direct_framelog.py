@@ -19,7 +19,7 @@ import asyncio
 import struct
 import threading
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,8 +27,8 @@ from typing import Any
 
 import can
 import pytest
-from can.interfaces.virtual import VirtualBus
 from espimage import build_app_image
+from lossy_bus import LOSSY
 from simcan import FAST, WAIT, slave_on_bus
 
 from uc2otad.links.can_direct import CanDirectLink, CanSettings
@@ -52,42 +52,6 @@ LINK: dict[str, Any] = {
 }
 #: seconds the log's reader thread blocks per read: bounds how long stopping it waits
 LOG_READ_TIMEOUT = 0.05
-
-# ---- a lossy python-can interface (as in test_can_direct_link.py) ------------------------------------
-
-LOSSY = "uc2otad-test-lossy-framelog"
-#: what the lossy interface loses: a predicate per direction, None for nothing
-_LOSS: dict[str, Callable[[can.Message], bool] | None] = {"send": None, "receive": None}
-
-
-class LossyVirtualBus(VirtualBus):
-    """python-can's virtual bus losing the frames :data:`_LOSS` picks, once each; a frame lost on
-    sending never reaches the bus, so no other participant (the logger included) sees it."""
-
-    def send(self, msg: can.Message, timeout: float | None = None) -> None:
-        lose = _LOSS["send"]
-        if lose is not None and lose(msg):
-            _LOSS["send"] = None
-            return
-        super().send(msg, timeout)
-
-    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
-        message, filtered = super()._recv_internal(timeout)
-        lose = _LOSS["receive"]
-        if message is not None and lose is not None and lose(message):
-            _LOSS["receive"] = None
-            return None, filtered
-        return message, filtered
-
-
-@pytest.fixture
-def lossy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[can.Message], bool] | None]:
-    """The lossy interface, registered with python-can under :data:`LOSSY`."""
-    monkeypatch.setitem(can.interfaces.BACKENDS, LOSSY, (__name__, "LossyVirtualBus"))
-    monkeypatch.setattr("can.util.VALID_INTERFACES", can.interfaces.VALID_INTERFACES | {LOSSY})
-    monkeypatch.setitem(_LOSS, "send", None)
-    monkeypatch.setitem(_LOSS, "receive", None)
-    return _LOSS
 
 
 # ---- the session, logged ------------------------------------------------------------------------------

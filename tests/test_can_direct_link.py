@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
 import can
 import pytest
-from can.interfaces.virtual import VirtualBus
 from espimage import build_app_image
+from lossy_bus import LOSSY
 from simcan import FAST, slave_on_bus
 
 from uc2otad.errors import LinkBusyError, LinkLostError, MasterError, NodeTimeoutError
@@ -54,38 +54,6 @@ LINK = {
     "reachable_timeout": 0.3,
     "discovery_wait": 0.2,
 }
-LOSSY = "uc2otad-test-lossy"
-#: what the lossy interface loses: a predicate per direction, None for nothing
-_LOSS: dict[str, Callable[[can.Message], bool] | None] = {"send": None, "receive": None}
-
-
-class LossyVirtualBus(VirtualBus):
-    """python-can's virtual bus losing the frames :data:`_LOSS` picks, once each."""
-
-    def send(self, msg: can.Message, timeout: float | None = None) -> None:
-        lose = _LOSS["send"]
-        if lose is not None and lose(msg):
-            _LOSS["send"] = None
-            return
-        super().send(msg, timeout)
-
-    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
-        message, filtered = super()._recv_internal(timeout)
-        lose = _LOSS["receive"]
-        if message is not None and lose is not None and lose(message):
-            _LOSS["receive"] = None
-            return None, filtered
-        return message, filtered
-
-
-@pytest.fixture
-def lossy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[can.Message], bool] | None]:
-    """The lossy interface, registered with python-can under :data:`LOSSY`."""
-    monkeypatch.setitem(can.interfaces.BACKENDS, LOSSY, (__name__, "LossyVirtualBus"))
-    monkeypatch.setattr("can.util.VALID_INTERFACES", can.interfaces.VALID_INTERFACES | {LOSSY})
-    monkeypatch.setitem(_LOSS, "send", None)
-    monkeypatch.setitem(_LOSS, "receive", None)
-    return _LOSS
 
 
 @asynccontextmanager
