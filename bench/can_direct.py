@@ -7,12 +7,14 @@ the same simulated slave, the CAN-rate model on at 500 kbit/s, the firmware's de
 1. **remote**: the simulator in a process of its own serves its bus with python-can-remote on
    127.0.0.1 and the link opens it as ``remote``, as the daemon reaches ``uc2otad-sim``. The slave's
    answers cross the WebSocket and the link's reader thread before the SDO client sees them, and the
-   link's frames take their wire time in the server's connection thread (the simulator's pacing).
+   link's frames take their wire time in the server's connection thread, through the 10-frame
+   transmit queue of a SocketCAN device (``SimCanBus.raw_bus()``).
 2. **in-process**: the link on the simulator's own virtual channel, one process, through an interface
    of this file that paces the link's frames by the simulator's rule (python-can's plain ``virtual``
    bus would not pace them). No transport: what the link and canopen cost on their own.
-3. **queue**: the same, but paced through a transmit queue, as a CAN controller sends (see
-   :class:`PacedClientBus`): the simulator's pacing costs the wire idle time that hardware does not.
+3. **queue**: the same, but paced through a transmit queue, as a CAN controller sends and as the
+   simulator paces a remote client (see :class:`PacedClientBus`): the sleep-per-frame pacing of run 2
+   costs the wire idle time that hardware does not.
 4. **master**: ``can_stream.py``'s paced run (pty → virtual master → SDO block download), to which the
    UART time of a real master is added by computation (4 KB chunks at 921600 baud, 10 bits a byte).
 

@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle to count wake-ups")
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--with-master", action="store_true", help="connect to a virtual microscope")
+    parser.add_argument("--with-can", action="store_true", help="a direct CAN link to a virtual microscope")
     parser.add_argument("--program", help="an installed uc2otad to measure, e.g. /usr/bin/uc2otad")
     args = parser.parse_args()
 
@@ -92,12 +93,21 @@ def main() -> int:
         simulator = None
         try:
             flags: tuple[str, ...] = ()
-            if args.with_master:
+            if args.with_master or args.with_can:
                 simulator = subprocess.Popen(
                     ["uc2otad-sim", "--quiet-master"], stdout=subprocess.PIPE, text=True
                 )
                 assert simulator.stdout is not None
-                flags = ("--serial-port", json.loads(simulator.stdout.readline())["serial_link"])
+                ready = json.loads(simulator.stdout.readline())
+                if args.with_master:
+                    flags += ("--serial-port", ready["serial_link"])
+                if args.with_can:  # the direct CAN link: python-can and canopen loaded, the bus heard
+                    flags += (
+                        "--can-interface",
+                        ready["can"]["interface"],
+                        "--can-channel",
+                        ready["can"]["channel"],
+                    )
             ready_times = []
             program = (args.program,) if args.program else (sys.executable, "-m", "uc2otad.daemon")
             daemon = DaemonProcess(workdir, bus.address, args=flags, env=bytecode, program=program)
@@ -149,6 +159,8 @@ def print_table(
     )
     print(f"| GetStatus round trip p50 / p99 ({args.calls} calls) | {p50:.2f} / {p99:.2f} ms | p99 <= 5 ms |")
     master = "a master connected" if args.with_master else "no master"
+    if args.with_can:
+        master += ", a direct CAN link (the simulator's nodes' heartbeats, one a second each)"
     print(f"| wake-ups in {args.idle:.0f} s idle, {master}, no watchdog | {wakeups} | 0 periodic |")
 
 

@@ -40,8 +40,9 @@ DISCOVERY_WAIT = 1.5
 #: (``CANopenModule.h:39-45``) except the 500 ms settle after the size write (``OtaBinaryReceive.cpp:93-96``);
 #: 2 s covers both with a margin
 FOREIGN_SDO_QUIET = 2.0
-#: seconds the reader thread blocks per read: bounds how long closing waits for it
-NOTIFIER_TIMEOUT = 0.1
+#: seconds the reader thread blocks per read: bounds how long closing waits for it, and an idle bus
+#: wakes it twice a second (a UC2 bus carries every node's heartbeat each second anyway)
+NOTIFIER_TIMEOUT = 0.5
 #: seconds closing waits for the interface to shut down (python-can-remote waits for its server's answer)
 CLOSE_TIMEOUT = 2.0
 
