@@ -3,9 +3,11 @@
 A direct link is the daemon on the bus itself (a SocketCAN HAT or a USB adapter, ``links/can_direct``).
 Unlike the master's port it is never shared with ImSwitch — a CAN interface has no exclusive owner,
 every program on it hears every frame — so it stays open from start to stop. An interface that cannot
-be opened at start-up (``can0`` not up yet, a USB adapter not plugged in) is tried again in the
+be opened at start-up (``can0`` not up yet, a USB adapter not plugged in), or that fails later (the
+adapter unplugged, ``can0`` gone: :meth:`BusLink.wait_failed`), is closed and tried again in the
 background with the master's backoff (:data:`~uc2otad.links.reconnect.RECONNECT_POLICY`), and
-``CanConnected`` follows.
+``CanConnected`` follows. A bus-off is not a failure of the interface: the controller recovers by
+itself, and the link refuses commands (``link_lost``) until it has.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class DirectConnection:
         self._link: BusLink | None = None
         self._opener: ReconnectLogic | None = None
         self._opened = asyncio.Event()
+        #: waits for the open link's interface to fail, then reopens it
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def link(self) -> BusLink | None:
@@ -61,6 +65,9 @@ class DirectConnection:
         await self._opened.wait()
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.wait({self._watch})
         if self._opener is not None:
             await self._opener.stop()
         link, self._link = self._link, None
@@ -87,3 +94,13 @@ class DirectConnection:
         await link.open()
         self._opened.set()
         self._on_connected(True)
+        self._watch = asyncio.create_task(self._reopen_when_failed(link), name=f"watching {link.name}")
+
+    async def _reopen_when_failed(self, link: BusLink) -> None:
+        reason = await link.wait_failed()
+        _LOGGER.warning("can: %s: %s; closing it and opening it again", link.name, reason)
+        self._opened.clear()
+        self._on_connected(False)
+        await link.close()
+        if self._opener is not None:
+            self._opener.start()

@@ -226,3 +226,7 @@ class BusLink(WifiTriggerLink, RebootWitness, Protocol):
 
     async def close(self) -> None:
         """Leave the bus; safe to call twice."""
+
+    async def wait_failed(self) -> str:
+        """Return, with the reason, once the interface failed (only reopening cures it, unlike a
+        bus-off); meanwhile wake on nothing but the link's own changes."""

@@ -106,6 +106,11 @@ class ControllerState:
             self.bus_state = error.state
         self._on_change()
 
+    @property
+    def failed(self) -> bool:
+        """The interface failed: only reopening the link brings it back."""
+        return self._interface_failed
+
     def interface_failed(self, err: Exception) -> None:
         """The interface failed to read or send (any thread): lost until the link is reopened."""
         if not self._interface_failed:

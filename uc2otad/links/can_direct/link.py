@@ -336,6 +336,14 @@ class CanDirectLink:
             return None
         return self._controller.lost
 
+    async def wait_failed(self) -> str:
+        """Until the interface fails (a USB adapter unplugged, ``can0`` gone, a python-can-remote server
+        stopped), which only reopening the link cures, unlike bus-off; the reason. Wakes on the link's
+        own changes only, so an owner may wait for it for as long as the link is open."""
+        while not self._controller.failed:
+            await self._hearing.wait_changed()
+        return self._controller.lost or "the CAN interface failed"
+
     async def wait_usable(self, timeout: float) -> bool:  # noqa: ASYNC109 - the wait is the question
         """True once the bus is not lost (the controller reported error-active again), False after
         ``timeout``."""
