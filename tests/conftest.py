@@ -121,3 +121,14 @@ def lossy(monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[can.Message], 
     monkeypatch.setitem(LOSS, "send", None)
     monkeypatch.setitem(LOSS, "receive", None)
     return LOSS
+
+
+@pytest.fixture
+async def served_image(caddy: CaddyServer) -> str:
+    """Caddy serving the streaming tests' motor image (``test_link_ota_stream.IMAGE``) as node 11's."""
+    from test_link_ota_stream import IMAGE  # noqa: PLC0415 - that module builds an image on import
+
+    await asyncio.to_thread(
+        (caddy.root / "esp32_UC2_canopen_slave_motor_release_motX.bin").write_bytes, IMAGE
+    )
+    return caddy.url

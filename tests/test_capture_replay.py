@@ -52,14 +52,6 @@ CHUNK = 4096
 
 
 @pytest.fixture
-async def served_image(caddy: CaddyServer) -> str:
-    await asyncio.to_thread(
-        (caddy.root / "esp32_UC2_canopen_slave_motor_release_motX.bin").write_bytes, IMAGE
-    )
-    return caddy.url
-
-
-@pytest.fixture
 async def signals(client: MessageBus) -> AsyncIterator[StatusSignals]:
     watcher = StatusSignals(client, NODE)
     await add_match(client, f"type='signal',sender='{names.BUS_NAME}',member='OTAStatusChanged'")

@@ -10,7 +10,6 @@ old image; ScanDevices lists the boards the link hears.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,7 +18,6 @@ from typing import Any
 
 import can
 import pytest
-from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_client import add_match, call, unwrap, wait_for_property
 from dbus_fast import MessageType, Variant
@@ -53,14 +51,6 @@ block_timeout = 2.0
 SEGMENT_5 = 0x05
 #: the slave's answer to a sub-block: scs 5, subcommand 2 (block download response), 0xA2
 BLOCK_ACK = 0xA2
-
-
-@pytest.fixture
-async def served_image(caddy: CaddyServer) -> str:
-    await asyncio.to_thread(
-        (caddy.root / "esp32_UC2_canopen_slave_motor_release_motX.bin").write_bytes, IMAGE
-    )
-    return caddy.url
 
 
 @pytest.fixture

@@ -17,12 +17,10 @@ from dbus_client import add_match, call, unwrap
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 from signals import StatusSignals as Progress
-from test_daemon_update import FAST_UPDATE, microscope_for, served_image
+from test_daemon_update import FAST_UPDATE, microscope_for
 from test_link_ota_stream import IMAGE, NEW_VERSION, NODE, OLD_VERSION
 
 from uc2otad.api import names
-
-__all__ = ["served_image"]  # a fixture, used by name
 
 #: the job sits in "verifying" for a minute: the kill comes first. The restarted daemon asks the board
 #: with the same window and interval (FAST_UPDATE's 5 s, 0.05 s): the settle is the job's alone

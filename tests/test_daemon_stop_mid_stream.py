@@ -18,14 +18,12 @@ from dbus_client import add_match, call, unwrap
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 from signals import StatusSignals as Progress
-from test_daemon_stuck_master import MasterConnected, served_image, stalling_microscope
+from test_daemon_stuck_master import MasterConnected, stalling_microscope
 from test_daemon_update import FAST_UPDATE
 from test_link_ota_stream import NODE
 
 from uc2otad.api import names
 from uc2otad.sim.microscope import VirtualMicroscope
-
-__all__ = ["served_image"]  # a fixture, used by name
 
 #: the master's rx_timeout: long enough that a daemon which waited for it would still be running when
 #: the test looks (and would be killed by the test's 5 s SIGTERM budget), short enough for the restart

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from caddy import CaddyServer
 from conftest import DaemonFactory
 from dbus_client import add_match, call, properties
 from dbus_fast import MessageType
@@ -43,14 +42,6 @@ STUCK_CONFIG = (
 STALL = NodeFaults(stall_at_percent=45.0, stall_seconds=1.0)
 #: seconds the restarted daemon may take to reach the master: the rx_timeout it must wait out, and more
 CONNECT_TIMEOUT = 4 * RX_TIMEOUT
-
-
-@pytest.fixture
-async def served_image(caddy: CaddyServer) -> str:
-    await asyncio.to_thread(
-        (caddy.root / "esp32_UC2_canopen_slave_motor_release_motX.bin").write_bytes, IMAGE
-    )
-    return caddy.url
 
 
 class MasterConnected(SignalCollector[bool]):

@@ -45,14 +45,6 @@ async def microscope_for(tmp_path: Path, **faults: Any) -> VirtualMicroscope:
 
 
 @pytest.fixture
-async def served_image(caddy: CaddyServer) -> str:
-    await asyncio.to_thread(
-        (caddy.root / "esp32_UC2_canopen_slave_motor_release_motX.bin").write_bytes, IMAGE
-    )
-    return caddy.url
-
-
-@pytest.fixture
 async def signals(client: MessageBus) -> AsyncIterator[StatusSignals]:
     watcher = StatusSignals(client, NODE)
     await add_match(client, f"type='signal',sender='{names.BUS_NAME}',member='OTAStatusChanged'")

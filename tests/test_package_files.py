@@ -28,8 +28,8 @@ INTERFACE = ROOT / "dbus" / "org.openuc2.OTA1.xml"
 UNIT = ROOT / "systemd" / "uc2otad.service"
 DEFAULT_CONFIG = ROOT / "debian" / "uc2otad.toml"
 #: docs/security.md: the methods everyone may call
-PUBLIC = {"GetStatus", "GetAllStatus", "GetHistory", "ListFirmware", "ScanDevices", "ListSerialPorts",
-          "GetUSBFlashStatus"}  # fmt: skip
+PUBLIC = {"GetStatus", "GetAllStatus", "GetHistory", "ListFirmware", "ScanDevices", "CheckUpdates",
+          "ListSerialPorts", "GetUSBFlashStatus"}  # fmt: skip
 
 
 def _contexts() -> dict[str, ET.Element]:

@@ -24,7 +24,7 @@ from dbus_client import add_match, call, properties, unwrap, wait_for_property
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 from signals import SIGNAL_TIMEOUT, StatusSignals
-from test_daemon_update import FAST_UPDATE, served_image  # noqa: F401 - a fixture
+from test_daemon_update import FAST_UPDATE
 from test_jobs import ScriptedMethod
 from test_link_ota_stream import NODE, TIMING
 
@@ -119,7 +119,7 @@ async def test_d3_a_database_locked_mid_update_neither_stops_nor_wedges_the_job(
     start_daemon: DaemonFactory,
     client: MessageBus,
     signals: StatusSignals,
-    served_image: str,  # noqa: F811 - the fixture imported above
+    served_image: str,
     tmp_path: Path,
 ) -> None:
     """D3 (issue 14): one failed status write wedged the job until restart.

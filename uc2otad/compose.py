@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from uc2otad.engine.config import EngineConfig, FirmwareSettings, MasterSettings
 from uc2otad.engine.core import Engine
+from uc2otad.engine.health import MAX_BUS_ERRORS, HealthSettings
 from uc2otad.engine.jobs import RETRIES, RETRY_DELAY, RETRY_POLICY
 from uc2otad.firmware.server import HttpSettings
 from uc2otad.links.capture import LinkCapture
@@ -58,6 +59,7 @@ def engine_config(config: Settings, persisted: Mapping[str, object]) -> EngineCo
         usb_flash=lambda: usb_flash_settings(config),
         saved=PersistedSettings(config.daemon_state_dir, persisted),
         can_link=(lambda: direct_can_link(config)) if config.can_interface else None,
+        health=health_settings(config),
     )
 
 
@@ -108,6 +110,10 @@ def job_retry(config: Settings) -> RetryPolicy:
         first_delay=delay,
         max_delay=max(delay, RETRY_POLICY.max_delay),
     )
+
+
+def health_settings(config: Settings) -> HealthSettings:
+    return HealthSettings(max_bus_errors=_or(config.update_max_bus_errors, MAX_BUS_ERRORS))
 
 
 def verify_settings(config: Settings) -> VerifySettings:
@@ -220,6 +226,7 @@ def with_defaults(config: Settings) -> Settings:
         update_verify_settle=verify.settle,
         update_verify_window=verify.window,
         update_verify_interval=verify.interval,
+        update_max_bus_errors=health_settings(config).max_bus_errors,
         usb_esptool_timeout=usb.esptool.timeout,
         usb_reboot_wait=usb.reboot_wait,
         usb_reconnect_window=usb.reconnect_window,

@@ -29,6 +29,18 @@ class Link(StrEnum):
     CAN = "can"  # the daemon on the bus itself: a direct CAN link ([can] interface)
 
 
+class UpdateState(StrEnum):
+    """A board's firmware against the server's (``state`` in CheckUpdates' entries; ImSwitch's
+    ``update_status``, ``docs/FIRMWARE_VERSIONING.md`` @33e3850)."""
+
+    UP_TO_DATE = "up_to_date"  # it runs the offered release (or, unversioned, was last given that image)
+    UPDATE_AVAILABLE = "update_available"  # the offered release is newer
+    DEVICE_NEWER = "device_newer"  # it runs a newer build (a developer's): never downgraded unasked
+    UNKNOWN = "unknown"  # no order can be told: no version on either side, or none that parses
+    NO_FIRMWARE = "no_firmware"  # the server has no image for it
+    UNREACHABLE = "unreachable"  # listed, but it did not answer the scan
+
+
 class Phase(StrEnum):
     """``upload_status`` values, in the order a job passes them (CONTRACT.md §2)."""
 
@@ -58,6 +70,9 @@ class ErrorCode(StrEnum):
     LINK_LOST = "link_lost"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    #: a check before the update failed (the bus, its error counters, the node not heard); today a
+    #: D-Bus refusal before any board starts, a job's code once a batch checks each board at its turn
+    UNHEALTHY = "unhealthy"
     #: none of the above: the reason is in ``upload_error``
     FAILED = "failed"
 

@@ -115,6 +115,17 @@ class JobError(Uc2otadError):
     """A job cannot be started or cancelled as asked."""
 
 
+class UnhealthyError(JobError):
+    """A check before an update failed (issue 19: the bus, its error counters, the node); ``check``
+    names it, as StartOTA's ``skip_checks`` option does."""
+
+    error_code = ErrorCode.UNHEALTHY
+
+    def __init__(self, message: str, *, check: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
 class InhibitedError(JobError):
     """An inhibit is held, so no job starts."""
 

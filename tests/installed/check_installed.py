@@ -16,7 +16,9 @@ folders. Then, as users it creates: an unprivileged user reads the status but is
 method with ``org.freedesktop.DBus.Error.AccessDenied``; a member of group ``uc2ota`` stores WiFi
 credentials and updates a board through ``uc2otactl``; the password is found in no reply, property,
 signal, log line, journal entry or file the unprivileged user can read; the member flashes the master
-(FlashMaster) through the simulator's ROM loader with ``--esptool``; the compat probe finds the
+(FlashMaster) through the simulator's ROM loader with ``--esptool``; the scheduled update's ExecStart,
+run as its unit's user ``uc2otad-update`` (group ``uc2ota``), updates exactly the boards that have an
+update available, and exits 2 when run again; the compat probe finds the
 marshaller of the release's python3-dbus-fast broken (Debian 12) or fixed (13); the direct CAN link runs
 as the unit runs it, with the package's private canopen and Debian's python-can, on python-can's virtual
 interface (can_direct_probe.py), and without the unit's environment no canopen is found. And a burst
@@ -68,6 +70,8 @@ INSTALLED_POLICY = Path("/usr/share/dbus-1/system.d/org.openuc2.OTA1.conf")
 INSTALLED_ACTIVATION = Path("/usr/share/dbus-1/system-services/org.openuc2.OTA1.service")
 INSTALLED_INTERFACE = Path("/usr/share/dbus-1/interfaces/org.openuc2.OTA1.xml")
 INSTALLED_UNIT = Path("/lib/systemd/system/uc2otad.service")
+#: the scheduled update (docs/deployment.md "Scheduled updates"), started by uc2otad-update.timer
+INSTALLED_UPDATE_UNIT = Path("/lib/systemd/system/uc2otad-update.service")
 #: the package's drop-in: PYTHONPATH with the vendored canopen (debian/rules, docs/can-direct.md)
 INSTALLED_DROP_IN = Path("/lib/systemd/system/uc2otad.service.d/vendor.conf")
 VENDOR = Path("/usr/lib/uc2otad/vendor")
@@ -92,6 +96,7 @@ PUBLIC_METHODS = frozenset(
         "GetHistory",
         "ListFirmware",
         "ScanDevices",
+        "CheckUpdates",
         "ListSerialPorts",
         "GetUSBFlashStatus",
     }
@@ -109,6 +114,8 @@ RESTRICTED_CALLS: tuple[tuple[str, str, list[Any]], ...] = (
     ("Uninhibit", "s", ["0"]),
 )
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+#: uc2otactl update's per-board results that are failures (ctl/update.py)
+FAILED_RESULTS = frozenset({"failed", "cancelled", "running", "pending"})
 #: owner, group, mode of what the package installs or creates (docs/security.md "Files")
 EXPECTED_MODES: dict[Path, tuple[str, str, int]] = {
     CONFIG_DIR: ("root", "root", 0o755),
@@ -119,6 +126,8 @@ EXPECTED_MODES: dict[Path, tuple[str, str, int]] = {
     INSTALLED_ACTIVATION: ("root", "root", 0o644),
     INSTALLED_INTERFACE: ("root", "root", 0o644),
     INSTALLED_UNIT: ("root", "root", 0o644),
+    INSTALLED_UPDATE_UNIT: ("root", "root", 0o644),
+    INSTALLED_UPDATE_UNIT.with_suffix(".timer"): ("root", "root", 0o644),
     INSTALLED_DROP_IN: ("root", "root", 0o644),
     VENDOR / "canopen" / "__init__.py": ("root", "root", 0o644),
     Path("/usr/lib/sysusers.d/uc2otad.conf"): ("root", "root", 0o644),
@@ -891,6 +900,7 @@ def check_reader(secret: str) -> None:
         (BUS_NAME, "GetHistory", "u", [0]),
         (BUS_NAME, "ListFirmware", "", []),
         (BUS_NAME, "ScanDevices", "", []),
+        (BUS_NAME, "CheckUpdates", "", []),
         (BUS_NAME, "ListSerialPorts", "", []),
         (BUS_NAME, "GetUSBFlashStatus", "", []),
         ("org.freedesktop.DBus.Properties", "GetAll", "s", [BUS_NAME]),
@@ -985,6 +995,58 @@ def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
     )
     passed(f"{OPERATOR}: Inhibit and Uninhibit accepted")
     return signals
+
+
+def check_scheduled_update() -> None:
+    """The scheduled update's ExecStart, run as its unit runs it (User=, its groups: initgroups plus
+    SupplementaryGroups=uc2ota): the bus lets it start updates, it starts a job for exactly the boards
+    ScanDevices calls update_available, and a second run finds nothing due (exit 2)."""
+    unit = INSTALLED_UPDATE_UNIT.read_text().splitlines()
+    expect(
+        {f"SupplementaryGroups={GROUP}", "SuccessExitStatus=2"} <= set(unit),
+        f"{INSTALLED_UPDATE_UNIT}: not in {GROUP}, or exit 2 is a failure",
+    )
+    (user,) = [line.removeprefix("User=") for line in unit if line.startswith("User=")]
+    (command,) = [
+        shlex.split(line.removeprefix("ExecStart=")) for line in unit if line.startswith("ExecStart=")
+    ]
+    account = pwd.getpwnam(user)  # created by the package (sysusers.d), a member of uc2ota there too
+    expect(account.pw_uid < 1000, f"{user} has uid {account.pw_uid}, not a system user")
+    expect(user in grp.getgrnam(GROUP).gr_mem, f"{user} is not a member of {GROUP} in /etc/group")
+    runs: list[tuple[set[int], subprocess.CompletedProcess[str]]] = []
+    for _ in range(2):
+        boards = call(READER, BUS_NAME, "ScanDevices")["ok"][0]
+        due = {
+            board["can_id"]
+            for board in boards
+            if board.get("update_available") and board.get("reachable") and board["can_id"] != MASTER_CAN_ID
+        }
+        run = run_as(user, *command, timeout=UPDATE_TIMEOUT)
+        expect(
+            run.returncode == (0 if due else 2),
+            f"{user}: {shlex.join(command)} exited {run.returncode} with {sorted(due)} due: "
+            f"{run.stdout}{run.stderr}",
+        )
+        document = json.loads(run.stdout)
+        started = {int(can_id) for can_id, board in document["boards"].items() if board.get("job_id")}
+        expect(started == due, f"{shlex.join(command)} started jobs for {sorted(started)}, not {sorted(due)}")
+        expect(
+            all(
+                board["result"] == "success" if board.get("job_id") else board["result"] not in FAILED_RESULTS
+                for board in document["boards"].values()
+            ),
+            f"{shlex.join(command)}: {document}",
+        )
+        runs.append((due, run))
+    expect(not runs[-1][0], f"after the scheduled update, still due: {sorted(runs[-1][0])}")
+    # with nothing due, uc2otactl starts nothing: that the bus lets this user start updates is shown here
+    cookie = call(user, BUS_NAME, "Inhibit", "s", ["installed package check: the scheduled update's user"])
+    expect("ok" in cookie, f"{user}: Inhibit (a method for root and {GROUP} only) answered {cookie}")
+    passed(
+        f"{user} (uid {account.pw_uid}, group {GROUP}): {shlex.join(command)} started jobs for CAN "
+        f"{sorted(runs[0][0])}, the boards with update_available (exit {runs[0][1].returncode}); "
+        f"run again, nothing was due (exit 2); {user} may call the methods for {GROUP} (Inhibit)"
+    )
 
 
 def check_flash_master(microscope: dict[str, Any], esptool: str) -> None:
@@ -1137,6 +1199,7 @@ def check_all(setup: Setup, args: argparse.Namespace) -> None:
     check_reader(secret)
     check_operator(setup, secret)
     check_flash_master(microscope, args.esptool)
+    check_scheduled_update()
     check_reader(secret)  # again, now that a password is stored and a board was updated
     check_secret_at_rest(setup, secret)
     check_read_burst(setup)

@@ -29,6 +29,7 @@ from uc2otad.errors import (
     NoJobError,
     PortInUseError,
     Uc2otadError,
+    UnhealthyError,
     UnknownCookieError,
     UnsafeFileNameError,
 )
@@ -45,6 +46,7 @@ _ERROR_NAMES: tuple[tuple[type[Exception], str], ...] = (
     (UnknownCookieError, names.NOT_FOUND),
     (NoJobError, names.NOT_FOUND),
     (InhibitedError, names.INHIBITED),
+    (UnhealthyError, names.UNHEALTHY),
     (JobBusyError, names.BUSY),
     (FirmwareNotFoundError, names.NOT_FOUND),
     (CacheBusyError, names.BUSY),

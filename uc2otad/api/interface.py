@@ -41,7 +41,7 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("uc2otad_caller", d
 VariantDict = dict[str, Variant]
 #: StartOTA's options and their D-Bus types (CONTRACT.md §1)
 START_OPTIONS = {"ssid": "s", "password": "s", "timeout": "u", "method": "s", "firmware": "s", "force": "b",
-                 "link": "s"}  # fmt: skip
+                 "link": "s", "allow_downgrade": "b", "skip_checks": "as"}  # fmt: skip
 #: StartMultipleOTA's: StartOTA's and the batch's pace
 BATCH_OPTIONS = {**START_OPTIONS, "delay_between": "u", "parallel": "u"}
 #: the WiFi window a slave may be asked for, in ms (CONTRACT.md §1: 1000…3600000)
@@ -154,6 +154,12 @@ class OTA1Interface(ServiceInterface):
     @translated
     async def scan_devices(self) -> list[VariantDict]:
         return [to_variant_dict(board) for board in await self._engine.scan_devices()]
+
+    @method(name="CheckUpdates")
+    @dbus_types(returns="aa{sv}")
+    @translated
+    async def check_updates(self) -> list[VariantDict]:
+        return [to_variant_dict(board) for board in await self._engine.check_updates()]
 
     # ---- settings -----------------------------------------------------------------------------------
 

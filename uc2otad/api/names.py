@@ -12,6 +12,8 @@ BUSY = ERROR_PREFIX + "Busy"
 INHIBITED = ERROR_PREFIX + "Inhibited"
 NOT_CONNECTED = ERROR_PREFIX + "NotConnected"
 NOT_PERMITTED = ERROR_PREFIX + "NotPermitted"
+#: issue 19: a check before the update failed (its reason in the message)
+UNHEALTHY = ERROR_PREFIX + "Unhealthy"
 FAILED = ERROR_PREFIX + "Failed"
 
 #: the engine's property (``Properties`` field) → its D-Bus property name

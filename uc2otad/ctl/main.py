@@ -22,6 +22,7 @@ from dbus_fast import BusType
 from uc2otad.cli import UsageErrorParser
 from uc2otad.ctl import update as update_commands
 from uc2otad.ctl import usb as usb_commands
+from uc2otad.ctl.check import check
 from uc2otad.ctl.client import EXIT_OK, EXIT_USAGE, CtlError, DaemonClient
 from uc2otad.ctl.interrupts import interrupts as _interrupts
 from uc2otad.ctl.interrupts import until as _until
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "can_ids", nargs="*", type=int, metavar="CAN_ID"
     )
     add("scan", scan, "boards on the bus, their firmware, whether an update is available")
+    add("check", check, "each board's firmware against the server's: up to date, update available, …")
     add("firmware", firmware, "the firmware server's image for each CAN id")
     add("history", history, "past updates, newest first").add_argument(
         "can_id", nargs="?", type=int, default=0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from uc2otad.contract import UpdateState
+
 _STATUS_VALUES = ["idle", "initiated", "wifi_connected", "wifi_failed", "success", "failed"]
 
 STATUS: dict[str, Any] = {
@@ -40,8 +42,29 @@ ERROR: dict[str, Any] = {
 }
 
 #: how one board's update ended (``uc2otactl update``): ``running`` and ``pending`` only after Ctrl-C
-#: (a board past the point of no return, or not reached); ``started`` with ``--no-wait``
-UPDATE_RESULTS = ["success", "up_to_date", "failed", "cancelled", "started", "running", "pending"]
+#: (a board past the point of no return, or not reached); ``started`` with ``--no-wait``; ``not_due``
+#: with ``--all``, for a board whose CheckUpdates state is not ``update_available`` (its message says
+#: which state)
+UPDATE_RESULTS = ["success", "up_to_date", "failed", "cancelled", "started", "running", "pending", "not_due"]
+
+#: CheckUpdates' states (uc2otad.contract.UpdateState)
+CHECK_STATES = [str(state) for state in UpdateState]
+
+CHECK_ENTRY: dict[str, Any] = {
+    "type": "object",
+    "required": ["can_id", "role", "link", "state"],
+    "additionalProperties": False,
+    "properties": {
+        "can_id": {"type": "integer", "minimum": 1, "maximum": 127},
+        "role": {"type": "string"},
+        "link": {"enum": ["master", "can"]},
+        "state": {"enum": CHECK_STATES},
+        "running_version": {"type": "string"},
+        "offered_version": {"type": "string"},
+        "running_image": {"type": "string"},
+        "offered_image": {"type": "string"},
+    },
+}
 
 BOARD_UPDATE: dict[str, Any] = {
     "type": "object",
@@ -75,6 +98,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "check": {"type": "array", "items": CHECK_ENTRY},
     "firmware": {
         "type": "object",
         "required": ["status", "firmware_server", "firmware_count", "firmware"],
@@ -110,7 +134,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "required": ["result", "exit_code", "boards"],
         "additionalProperties": False,
         "properties": {
-            "result": {"enum": ["success", "up_to_date", "failed", "cancelled", "started"]},
+            "result": {"enum": ["success", "up_to_date", "nothing_to_do", "failed", "cancelled", "started"]},
             "exit_code": {"type": "integer"},
             "batch_id": {"type": "string"},
             "boards": {

@@ -7,6 +7,11 @@ from then on follows only the signals of its own jobs.
 
 A ``failed`` status is not always the end: the daemon retries transient failures (a new attempt
 starts the sequence again), and says so with ``retry_in`` in the failed status.
+
+``--all`` updates the boards whose CheckUpdates state is ``update_available`` and nothing else: the
+scheduled update (``uc2otad-update.service``) runs it every week, and a board that merely cannot say
+what it runs (``unknown``), or runs a developer's newer build, must not be reflashed each time. The
+other boards are listed ``not_due`` with their state; with none due the exit status is 2.
 """
 
 from __future__ import annotations
@@ -48,9 +53,19 @@ _OUTCOME_TEXT = {
     "started": "started",
     "running": "not cancelled",
     "pending": "not started",
+    "not_due": "not due",
 }
 #: outcomes after which nothing more happens to the board in this run
-_FINAL = frozenset({"success", "up_to_date", "failed", "cancelled", "started"})
+_FINAL = frozenset({"success", "up_to_date", "failed", "cancelled", "started", "not_due"})
+#: outcomes of a board this run did not update, by design
+_NOT_UPDATED = frozenset({"up_to_date", "not_due"})
+#: what ``--all`` says about a board it leaves out, by its CheckUpdates state
+_NOT_DUE_TEXT = {
+    "device_newer": "runs newer firmware than the server's; not downgraded",
+    "unknown": "the versions cannot be compared; update it by its CAN id to install the server's",
+    "no_firmware": "no image for it on the firmware server",
+    "unreachable": "did not answer the scan",
+}
 
 
 @dataclass
@@ -60,7 +75,8 @@ class BoardRun:
     can_id: int
     job_id: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
-    #: pending → running → success | failed | cancelled; up_to_date (no job); started (--no-wait)
+    #: pending → running → success | failed | cancelled; up_to_date (no job); started (--no-wait);
+    #: not_due (--all: not in state update_available, or not downgraded)
     outcome: str = "pending"
     message: str = ""
 
@@ -101,17 +117,34 @@ class UpdateRun:
     def close(self) -> None:
         self._client.bus.remove_message_handler(self._on_message)
 
-    def accepted(self, job_ids: Mapping[int, str], *, up_to_date: Iterable[int] = ()) -> None:
-        """The start call's reply: the job of each board that got one; then replay what came early."""
+    def accepted(
+        self,
+        job_ids: Mapping[int, str],
+        *,
+        up_to_date: Iterable[int] = (),
+        not_downgraded: Mapping[int, str] | None = None,
+    ) -> None:
+        """The start call's reply: the job of each board that got one, the boards left out as current
+        or as running newer firmware (what it runs); then replay what came early."""
         for can_id, job_id in job_ids.items():
             board = self.boards[can_id]
             board.job_id, board.outcome = job_id, "running"
         for can_id in up_to_date:
             self.boards[can_id].outcome = "up_to_date"
             self.boards[can_id].message = "already up to date"
+        for can_id, running in (not_downgraded or {}).items():
+            self.not_due(can_id, "device_newer", f"runs {running}, newer than the server's; not downgraded")
         early, self._early = self._early or [], None
         for can_id, status in early:
             self._on_status(can_id, status)
+
+    def not_due(self, can_id: int, state: str, message: str) -> None:
+        """Board ``can_id`` is left out of this run: up to date, or in another state than
+        ``update_available`` (``--all``)."""
+        board = self.boards.setdefault(can_id, BoardRun(can_id))
+        self.boards = dict(sorted(self.boards.items()))  # the summary lists the boards by CAN id
+        board.outcome = "up_to_date" if state == "up_to_date" else "not_due"
+        board.message = "already up to date" if state == "up_to_date" else f"{state}: {message}"
 
     @property
     def jobs(self) -> list[BoardRun]:
@@ -196,13 +229,23 @@ async def update(client: DaemonClient, args: argparse.Namespace) -> Outcome:
         options = _start_options(args)
         roles: dict[int, str] = {}
         can_ids = list(dict.fromkeys(args.can_ids))
+        slaves: list[dict[str, Any]] = []
         if args.all:
-            (boards,) = await client.call("ScanDevices")
-            roles = {board["can_id"]: board.get("role", "") for board in boards}
-            can_ids = [b["can_id"] for b in boards if b["can_id"] != MASTER_CAN_ID and b.get("reachable")]
-            if not can_ids:
-                return _finish(args, UpdateRun(client, []), "no boards to update: the scan found no slaves")
+            (checked,) = await client.call("CheckUpdates")
+            roles = {entry["can_id"]: entry.get("role", "") for entry in checked}
+            slaves = [entry for entry in checked if entry["can_id"] != MASTER_CAN_ID]
+            can_ids = [entry["can_id"] for entry in slaves if entry["state"] == "update_available"]
         run = UpdateRun(client, can_ids)
+        for entry in slaves:
+            if entry["state"] != "update_available":
+                run.not_due(entry["can_id"], entry["state"], _NOT_DUE_TEXT.get(entry["state"], ""))
+        if args.all and not can_ids:
+            note = (
+                "nothing to update: no board has an update available"
+                if slaves
+                else "the scan found no slaves"
+            )
+            return _finish(args, run, note)
         try:
             await run.subscribe()
             await _start(client, run, args, options)
@@ -241,10 +284,19 @@ def add_arguments(update_parser: argparse.ArgumentParser, cancel_parser: argpars
     """The options of ``update`` and ``cancel``."""
     p = update_parser
     p.add_argument("can_ids", nargs="*", type=int, metavar="CAN_ID", help="the boards to update")
-    p.add_argument("--all", action="store_true", help="every reachable board but the master")
+    p.add_argument(
+        "--all", action="store_true", help="every board but the master whose check says: update available"
+    )
     p.add_argument("--method", choices=("auto", "wifi", "can"), help="how the image reaches the board")
     p.add_argument(
         "--link", choices=("auto", "master", "can"), help="through the master or the direct CAN link"
+    )
+    p.add_argument(
+        "--skip-check",
+        action="append",
+        choices=("bus", "errors", "node"),
+        metavar="CHECK",
+        help="skip a check before the update (bus, errors, node); repeatable",
     )
     p.add_argument("--ssid", metavar="S", help="WiFi for the WiFi method (default: the stored credentials)")
     p.add_argument("--password-file", type=Path, metavar="F", help="the WiFi password, read from this file")
@@ -256,6 +308,9 @@ def add_arguments(update_parser: argparse.ArgumentParser, cancel_parser: argpars
     )
     p.add_argument("--timeout", type=int, metavar="MS", help="the board's WiFi OTA window in ms")
     p.add_argument("--force", action="store_true", help="update even a board that runs that version")
+    p.add_argument(
+        "--allow-downgrade", action="store_true", help="install even on a board that runs a newer build"
+    )
     p.add_argument("--no-wait", action="store_true", help="return once the update has started")
     cancel_parser.add_argument("can_id", type=int, metavar="CAN_ID")
 
@@ -270,6 +325,8 @@ def _start_options(args: argparse.Namespace) -> dict[str, Variant]:
         options["method"] = Variant("s", args.method)
     if args.link is not None:
         options["link"] = Variant("s", args.link)
+    if args.skip_check:
+        options["skip_checks"] = Variant("as", sorted(set(args.skip_check)))
     if args.ssid is not None:
         options["ssid"] = Variant("s", args.ssid)
         options["password"] = Variant("s", read_password(args.password_file))
@@ -277,14 +334,17 @@ def _start_options(args: argparse.Namespace) -> dict[str, Variant]:
         options["timeout"] = Variant("u", _uint(args.timeout, "--timeout"))
     if args.force:
         options["force"] = Variant("b", True)
+    if args.allow_downgrade:
+        options["allow_downgrade"] = Variant("b", True)
     return options
 
 
 async def _start(
     client: DaemonClient, run: UpdateRun, args: argparse.Namespace, options: dict[str, Variant]
 ) -> None:
-    """One board: StartOTA; several or --all: one batch with StartMultipleOTA."""
-    can_ids = list(run.boards)
+    """One board: StartOTA; several or --all: one batch with StartMultipleOTA (the boards not yet
+    decided: ``--all`` has left out those not due)."""
+    can_ids = [board.can_id for board in run.boards.values() if board.outcome == "pending"]
     if len(can_ids) == 1 and not args.all:
         (reply,) = await client.call("StartOTA", "ua{sv}", can_ids[0], options)
         job_id = reply.get("job_id")
@@ -298,7 +358,9 @@ async def _start(
         (reply,) = await client.call("StartMultipleOTA", "aua{sv}", can_ids, batch)
         run.batch_id = reply.get("batch_id")
         job_ids = {int(can_id): job_id for can_id, job_id in reply.get("job_ids", {}).items()}
-        run.accepted(job_ids, up_to_date=[can_id for can_id in can_ids if can_id not in job_ids])
+        newer = {int(can_id): running for can_id, running in reply.get("not_downgraded", {}).items()}
+        left_out = [can_id for can_id in can_ids if can_id not in job_ids and can_id not in newer]
+        run.accepted(job_ids, up_to_date=left_out, not_downgraded=newer)
     if args.no_wait:
         for board in run.jobs:
             board.outcome = "started"
@@ -307,6 +369,8 @@ async def _start(
     for board in run.boards.values():
         if board.outcome == "up_to_date":
             print(f"CAN {board.can_id}: already up to date")
+        elif board.outcome == "not_due":
+            print(f"CAN {board.can_id}: not updated: {board.message}")
     if run.batch_id and run.jobs:
         ids = ", ".join(str(board.can_id) for board in run.jobs)
         print(f"updating CAN {ids} (batch {run.batch_id})", flush=True)
@@ -322,10 +386,12 @@ def _finish(
     """The summary, the --json document and the exit code (CONTRACT.md §5)."""
     boards = list(run.boards.values())
     outcomes = [board.outcome for board in boards]
-    if interrupted or any(outcome not in ("success", "up_to_date", "started") for outcome in outcomes):
+    if interrupted or any(outcome not in ("success", "started", *_NOT_UPDATED) for outcome in outcomes):
         result, exit_code = ("cancelled" if interrupted else "failed"), EXIT_FAILED
     elif all(outcome == "up_to_date" for outcome in outcomes):
         result, exit_code = "up_to_date", EXIT_NOTHING_TO_DO
+    elif all(outcome in _NOT_UPDATED for outcome in outcomes):
+        result, exit_code = "nothing_to_do", EXIT_NOTHING_TO_DO
     else:
         result, exit_code = ("started" if "started" in outcomes else "success"), EXIT_OK
     document: dict[str, Any] = {

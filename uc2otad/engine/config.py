@@ -10,10 +10,11 @@ functions here, not values: calling one imports those modules, so that an idle d
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from uc2otad.engine.health import HealthSettings
 from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.server import HttpSettings
 from uc2otad.links.serial_hat import HatSettings
@@ -80,5 +81,7 @@ class EngineConfig:
     usb_flash: Callable[[], UsbFlashSettings]
     #: keeps SetFirmwareServer's and SetWiFiCredentials' values
     saved: SettingsWriter
+    #: the limits of the checks before an update (:mod:`.health`)
+    health: HealthSettings = field(default_factory=HealthSettings)
     #: builds the direct CAN link (``[can] interface``; it imports python-can and canopen); None: none
     can_link: Callable[[], BusLink] | None = None

@@ -35,7 +35,7 @@ from uc2otad.engine.jobs import JobContext, JobManager
 from uc2otad.engine.master import MasterConnection, link_factory
 from uc2otad.engine.planning import Plan, Planner, check_can_id, wifi_credentials
 from uc2otad.engine.reconcile import ask_the_boards, provable
-from uc2otad.engine.scanning import scan_devices
+from uc2otad.engine.scanning import scan_boards, scan_devices
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.engine.usb import MasterFlashing
 from uc2otad.errors import InhibitedError, InvalidArgumentError, JobBusyError, LinkClosedError
@@ -113,6 +113,8 @@ class Engine:
             verify=config.verify,
             wifi_settings=config.wifi,
             direct=self.direct,
+            health=config.health,
+            installed=self._installed,
         )
         #: asking the boards whether the updates a crash interrupted took (:meth:`start`): the jobs that did
         self.reconciling: asyncio.Task[list[JobRecord]] | None = None
@@ -180,6 +182,12 @@ class Engine:
     async def history(self, can_id: int) -> list[JobRecord]:
         return await self.store.history(can_id)
 
+    async def _installed(self, can_id: int) -> str | None:
+        """The sha256 of the image the newest successful update installed on the board, if any
+        (:mod:`.checking`: what shows that a board without a release string is current)."""
+        jobs = await self.store.history(can_id)
+        return next((job.sha256 for job in jobs if job.state == "success"), None)
+
     def _publish_status(self, can_id: int, status: StatusDict) -> None:
         """A board's new status: kept in memory and signalled at once; the store's writer persists it."""
         self.store.put_status(can_id, status)
@@ -222,7 +230,22 @@ class Engine:
         """:func:`.scanning.scan_devices`; :raises LinkClosedError: no link configured or connected"""
         if self.master is None and self.direct is None:
             raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
-        return await scan_devices(self.master, self.direct, self.repository)
+        return await scan_devices(self.master, self.direct, self.repository, self._installed)
+
+    async def check_updates(self) -> list[dict[str, Any]]:
+        """Every board the links know, the master first, with its state against the server's image
+        (:mod:`.checking`); nothing is installed.
+
+        :raises LinkClosedError: no link configured or connected
+        :raises LinkError: as :meth:`scan_devices`
+        :raises FirmwareError: the firmware server's listing or manifest could not be had
+        """
+        if self.master is None and self.direct is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
+        checks = await scan_boards(
+            self.master, self.direct, self.repository, self._installed, server_timeout=None
+        )
+        return [check.as_dict() for check in checks]
 
     async def start_ota(self, can_id: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Start updating slave ``can_id``; returns once the job is accepted (CONTRACT.md §1 StartOTA):
@@ -233,6 +256,12 @@ class Engine:
         :raises Uc2otadError: the job failed before the master acknowledged its command
         """
         plan = await self.planner.plan([can_id], options)
+        if can_id in plan.not_downgraded:  # as fwupd refuses an older version without --allow-older
+            image = plan.images[can_id]
+            raise InvalidArgumentError(
+                f"board {can_id} runs {plan.not_downgraded[can_id]}, newer than {image.version} of "
+                f"{image.name}: pass allow_downgrade to install it anyway"
+            )
         if not plan.due:
             return {"status": "success", "message": "already up to date", "can_id": can_id}
         job = self._start_job(plan, can_id)
@@ -251,7 +280,9 @@ class Engine:
         """Update several slaves as one batch (CONTRACT.md §1 StartMultipleOTA); returns at once.
 
         Every board is checked before any starts; boards already current are left out (not with
-        ``force``). Up to ``parallel`` boards run at once where the method allows it, else one by one.
+        ``force``), and so are boards that run a newer build (not with ``allow_downgrade``): the reply's
+        ``not_downgraded`` names them with what they run. Up to ``parallel`` boards run at once where
+        the method allows it, else one by one.
 
         :raises InvalidArgumentError: no ids, a repeated id, the master's id, …as :meth:`start_ota`
         """
@@ -271,11 +302,23 @@ class Engine:
             str(can_id): self._start_job(plan, can_id, gate=gate, batch_id=batch_id).job_id
             for can_id in plan.due
         }
-        current = len(can_ids) - len(job_ids)
+        newer = plan.not_downgraded
+        current = len(can_ids) - len(job_ids) - len(newer)
         message = f"OTA update initiated for {len(job_ids)} devices" + (
             f"; {current} already up to date" if current else ""
         )
-        return {"status": "success", "message": message, "batch_id": batch_id, "job_ids": job_ids}
+        if newer:
+            boards = ", ".join(f"CAN {can_id} ({running})" for can_id, running in newer.items())
+            message += f"; not downgraded (newer firmware, no allow_downgrade): {boards}"
+        reply: dict[str, Any] = {
+            "status": "success",
+            "message": message,
+            "batch_id": batch_id,
+            "job_ids": job_ids,
+        }
+        if newer:
+            reply["not_downgraded"] = {str(can_id): running for can_id, running in newer.items()}
+        return reply
 
     def _check_can_start(self, can_ids: list[int]) -> None:
         if self.inhibitors.held:

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from uc2otad import secrets
-from uc2otad.contract import Link, Method
-from uc2otad.errors import ConfigError, FirmwareError, InvalidArgumentError, LinkClosedError, LinkError
-from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, Catalog, ResolvedImage
+from uc2otad.contract import Link, Method, UpdateState
+from uc2otad.engine.checking import Installed, board_state, due
+from uc2otad.engine.health import HealthSettings, check_link, check_node, skipped_checks
+from uc2otad.errors import ConfigError, InvalidArgumentError, LinkClosedError, LinkError
+from uc2otad.firmware.catalog import MASTER_CAN_ID, MAX_CAN_ID, ResolvedImage
 from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS
 from uc2otad.links.protocol import LinkCapability
 from uc2otad.methods import METHODS, method_class
 from uc2otad.methods.base import LinkUse, PlannedJob, SlaveMethod, WifiCredentials
-from uc2otad.methods.verify import VerifySettings, same_release
+from uc2otad.methods.verify import VerifySettings
 
 if TYPE_CHECKING:
     from uc2otad.engine.direct import DirectConnection
@@ -57,6 +59,9 @@ class Plan:
     due: list[int]
     #: the WiFi window asked of the slaves, ms
     window_ms: int
+    #: the boards left out because they run a newer build than the image (no ``allow_downgrade``):
+    #: what each runs
+    not_downgraded: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def parallel(self) -> bool:
@@ -83,13 +88,18 @@ class Planner:
         verify: VerifySettings,
         wifi_settings: Callable[[int], object],
         direct: DirectConnection | None = None,
+        installed: Installed | None = None,
+        health: HealthSettings | None = None,
     ) -> None:
         """
         :param repository: the firmware repository now (SetFirmwareServer replaces it)
+        :param installed: the sha256 of the image last installed on a board (from the history): what
+            tells whether a board without a release string is current (:mod:`.checking`)
         :param check_can_start: raises when the boards may not start now (inhibit, busy, USB flash)
         :param credentials: the WiFi credentials for a call's options
         :param wifi_settings: the WiFi method's settings for a window (loads its code: on first use)
         :param direct: the direct CAN link, when one is configured
+        :param health: the limits of the checks before an update (:mod:`.health`)
         """
         self._master = master
         self._direct = direct
@@ -98,9 +108,15 @@ class Planner:
         self._credentials = credentials
         self._verify = verify
         self._wifi_settings = wifi_settings
+        self._installed = installed or _nothing_installed
+        self._health = health or HealthSettings()
 
     async def plan(self, can_ids: list[int], options: Mapping[str, Any]) -> Plan:
         """What updating ``can_ids`` takes, checked before any board is touched.
+
+        Which boards are due is :func:`.checking.due` of each board's state: one that runs the offered
+        release is left out unless ``force``; one that runs a newer build (a developer's) unless
+        ``allow_downgrade`` — then it is in :attr:`Plan.not_downgraded`, for the caller to say so.
 
         :raises InvalidArgumentError: the master's id, a method or link the boards cannot use, no
             credentials
@@ -124,17 +140,44 @@ class Planner:
         rest = [can_id for can_id in can_ids if can_id not in routes]
         if rest:
             routes.update(await self._master_routes(rest, asked_method))
+        await self._check_health(routes, skipped_checks(options.get("skip_checks", ())))
         credentials = (
             await self._credentials(options) if any(r.method.joins_wifi for r in routes.values()) else None
         )
-        self._check_can_start(can_ids)  # again: the scans took a while
-        due = [
-            can_id
+        states = {
+            can_id: await board_state(routes[can_id].before, images[can_id], self._installed)
             for can_id in can_ids
-            if options.get("force") or not is_current(routes[can_id].before, images[can_id])
-        ]
+        }
+        self._check_can_start(can_ids)  # again: the scans took a while
+        force, allow_downgrade = bool(options.get("force")), bool(options.get("allow_downgrade"))
         ordered = {can_id: routes[can_id] for can_id in can_ids}
-        return Plan(ordered, images, credentials, due, int(options.get("timeout", DEFAULT_WINDOW_MS)))
+        return Plan(
+            ordered,
+            images,
+            credentials,
+            [
+                can_id
+                for can_id in can_ids
+                if due(states[can_id], force=force, allow_downgrade=allow_downgrade)
+            ],
+            int(options.get("timeout", DEFAULT_WINDOW_MS)),
+            not_downgraded={
+                can_id: _running(routes[can_id].before)
+                for can_id in can_ids
+                if states[can_id] is UpdateState.DEVICE_NEWER and not allow_downgrade
+            },
+        )
+
+    async def _check_health(self, routes: Mapping[int, Route], skip: frozenset[str]) -> None:
+        """The checks of :mod:`.health`: each link the boards take, then each board.
+
+        :raises UnhealthyError: a check failed
+        """
+        for use_link in {route.use_link for route in routes.values()}:
+            async with use_link("checking the bus before an update") as link:
+                await check_link(link, self._health, skip)
+        for can_id, route in routes.items():
+            check_node(can_id, route.before, skip)
 
     async def _direct_routes(
         self, can_ids: list[int], asked_method: str, asked_link: str
@@ -257,22 +300,13 @@ def choose_method(asked: str, capabilities: frozenset[LinkCapability]) -> type[S
     raise InvalidArgumentError(f"{method_class(asked).unavailable} (method {asked!r}){instead}")
 
 
-def is_current(node: NodeInfo | None, image: ResolvedImage) -> bool:
-    """The board, as a scan saw it, reports the very version the image carries (unknown either side:
-    not current)."""
-    return node is not None and same_release(node.fw_version, image.version)
+async def _nothing_installed(can_id: int) -> str | None:
+    """No history: a board without a release string is never known to be current."""
+    return None
 
 
-def image_for(catalog: Catalog, can_id: int, reported: str | None) -> ResolvedImage | None:
-    """The image ``catalog`` has for a board that reports running ``reported``, if any."""
-    try:
-        return (
-            catalog.resolve_master()
-            if can_id == MASTER_CAN_ID
-            else catalog.resolve(can_id, reported_image=reported)
-        )
-    except FirmwareError:
-        return None
+def _running(node: NodeInfo | None) -> str:
+    return (node.fw_version if node is not None else None) or "?"
 
 
 def check_can_id(can_id: int, *, allow_all: bool = False) -> int:

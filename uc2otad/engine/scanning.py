@@ -1,4 +1,8 @@
-"""ScanDevices: the boards on the bus, each with whether the firmware server has a different image."""
+"""ScanDevices and CheckUpdates: the boards on the bus, each with how its firmware stands to the server's.
+
+Both scan both links the same way (:func:`scan_boards`); CheckUpdates reports each board's state
+(:mod:`.checking`), ScanDevices whether that state is ``update_available``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from uc2otad.contract import Link
-from uc2otad.engine.planning import image_for
+from uc2otad.contract import Link, UpdateState
+from uc2otad.engine.checking import BoardCheck, Installed, check_board
 from uc2otad.errors import FirmwareError, LinkError
 from uc2otad.firmware.catalog import Catalog
 from uc2otad.firmware.repository import FirmwareRepository
-from uc2otad.methods.verify import same_release
 
 if TYPE_CHECKING:
     from uc2otad.engine.direct import DirectConnection
@@ -24,8 +27,15 @@ _LOGGER = logging.getLogger(__name__)
 SCAN_UPDATE_INFO_TIMEOUT = 2.0
 
 
+#: the states in which a board's ``update_available`` is known (true or false); left out otherwise
+_KNOWN = frozenset({UpdateState.UP_TO_DATE, UpdateState.UPDATE_AVAILABLE, UpdateState.DEVICE_NEWER})
+
+
 async def scan_devices(
-    master: MasterConnection | None, direct: DirectConnection | None, repository: FirmwareRepository
+    master: MasterConnection | None,
+    direct: DirectConnection | None,
+    repository: FirmwareRepository,
+    installed: Installed,
 ) -> list[dict[str, Any]]:
     """Every board the links know (the master first), with whether the server has a different image.
 
@@ -33,13 +43,35 @@ async def scan_devices(
     board that answers CANopen on the direct link, "master" for the rest (see :mod:`.planning`). The
     two scans run at once; one link failing leaves its boards out when the other answered.
 
-    ``update_available`` is left out when it cannot be known: the server unreachable, no image for the
-    board, or a board or image that reports no version. The server is asked while the bus is scanned,
-    so a slow or absent server costs at most ``SCAN_UPDATE_INFO_TIMEOUT`` and only that column.
+    ``update_available`` is whether the board's state is ``update_available``; it is left out when
+    the state says nothing about that: the server unreachable, no image for the board, versions that
+    cannot be ordered. The server is asked while the bus is scanned, so a slow or absent server costs
+    at most ``SCAN_UPDATE_INFO_TIMEOUT`` and only that column.
 
     :raises LinkClosedError: no link is connected
     :raises LinkBusyError: a stream holds the only link
     :raises LinkError: the scan failed on every link
+    """
+    return [_board(check) for check in await scan_boards(master, direct, repository, installed)]
+
+
+async def scan_boards(
+    master: MasterConnection | None,
+    direct: DirectConnection | None,
+    repository: FirmwareRepository,
+    installed: Installed,
+    *,
+    server_timeout: float | None = SCAN_UPDATE_INFO_TIMEOUT,
+) -> list[BoardCheck]:
+    """Every board the links know (the master first), each checked against the server's image
+    (:func:`.checking.check_board`).
+
+    :param server_timeout: seconds the firmware server has after the scan; one that fails or is
+        slower leaves every state that needs it ``unknown``. None: as long as the server's own
+        timeouts allow, and its failure is raised (CheckUpdates: "unknown" for every board would
+        hide that the server is down)
+    :raises LinkClosedError, LinkBusyError, LinkError: as :func:`scan_devices`
+    :raises FirmwareError: ``server_timeout`` None and the server's listing or manifest failed
     """
     catalog_task = asyncio.ensure_future(repository.catalog())
     try:
@@ -49,10 +81,14 @@ async def scan_devices(
         raise
     catalog: Catalog | None = None
     try:
-        catalog = await asyncio.wait_for(catalog_task, SCAN_UPDATE_INFO_TIMEOUT)
+        catalog = await asyncio.wait_for(catalog_task, server_timeout)
     except (FirmwareError, TimeoutError) as err:
+        if server_timeout is None:
+            raise
         _LOGGER.warning("engine: scan without update information: %s", err or "firmware server too slow")
-    return [_board(node, link, catalog) for node, link in _merged(master_scan, direct_scan)]
+    return [
+        await check_board(node, link, catalog, installed) for node, link in _merged(master_scan, direct_scan)
+    ]
 
 
 async def _scan_both(
@@ -92,7 +128,8 @@ def _merged(master_scan: ScanResult | None, direct_scan: ScanResult | None) -> l
     return first + [entries[can_id] for can_id in sorted(entries)]
 
 
-def _board(node: NodeInfo, link: Link, catalog: Catalog | None) -> dict[str, Any]:
+def _board(check: BoardCheck) -> dict[str, Any]:
+    node = check.node
     board: dict[str, Any] = {
         "can_id": node.can_id,
         "role": node.role,
@@ -100,11 +137,8 @@ def _board(node: NodeInfo, link: Link, catalog: Catalog | None) -> dict[str, Any
         "fw_version": node.fw_version,
         "build": node.build,
         "mac": node.mac,
-        "link": str(link),
+        "link": str(check.link),
     }
-    if catalog is not None and node.fw_version:
-        image = image_for(catalog, node.can_id, node.fw_image)
-        if image is not None and image.version:
-            # as StartOTA decides "already up to date": a report cut by a buffer names it too
-            board["update_available"] = not same_release(node.fw_version, image.version)
+    if check.state in _KNOWN:  # as CheckUpdates and StartOTA decide (uc2otad.engine.checking)
+        board["update_available"] = check.state is UpdateState.UPDATE_AVAILABLE
     return board

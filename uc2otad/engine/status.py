@@ -70,6 +70,8 @@ ERROR_ROWS: Mapping[str, str] = {  # by ErrorCode
     ErrorCode.LINK_LOST: "The connection to the master CAN HAT was lost. Check the USB cable, retry",
     ErrorCode.CANCELLED: "Cancelled; the board keeps the firmware it had",
     ErrorCode.INTERRUPTED: "The daemon stopped during the update; the board keeps the image it booted",
+    ErrorCode.UNHEALTHY: "The microscope is not ready for an update: a check failed. "
+    "Fix what it names, retry",
 }
 
 #: every progress report of the upload is a multiple of this (the document: "every 10%")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 from uc2otad.errors import BoardNotBackError, VerificationError
 from uc2otad.firmware.repository import VerifiedImage
+from uc2otad.firmware.versions import is_cut_from
 from uc2otad.links.commands import UNVERSIONED, NodeInfo, ScanResult
 from uc2otad.links.protocol import RebootWitness
 
@@ -45,9 +46,6 @@ SETTLE = 4.0
 WINDOW = 40.0
 #: seconds between scans
 INTERVAL = 2.0
-#: lengths at which a reported release string may have been cut: the app descriptor's 32-byte version
-#: field (31 characters and its NUL) and the July 2026 master's 40-byte scan buffer (39 characters)
-CUT_LENGTHS = frozenset({31, 39})
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def same_release(reported: str | None, expected: str | None) -> bool:
         return False
     if reported == expected:
         return True
-    return len(reported) in CUT_LENGTHS and len(expected) > len(reported) and expected.startswith(reported)
+    return is_cut_from(reported, expected)
 
 
 def is_release_string(reported: str | None) -> bool:

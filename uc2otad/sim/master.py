@@ -213,6 +213,8 @@ class VirtualMaster:
         self._relay = None if canopen else WifiOtaRelay(self.can_bus, self._publish)
         self._stream: StreamReceiver | None = None
         self._stream_attachment: _Attachment | None = None
+        self._bus_health: dict[str, Any] = {}
+        self.set_bus_health()
         #: what the last stream's time went into (benchmarks)
         self.stream_stats: StreamStats | None = None
         self._bus_up = False
@@ -537,10 +539,18 @@ class VirtualMaster:
         receiver.start()
         return request.ready()
 
+    def set_bus_health(self, *, state: str = "running", tx_errors: int = 0, rx_errors: int = 0) -> None:
+        """What ``/can_get`` reports of the TWAI controller from now on (a switchable fault): ``state``
+        one of the firmware's words — "stopped", "running", "bus_off", "recovering"
+        (``CANopenModule.cpp:1477-1482`` @063e5a6) — and its error counters."""
+        self._bus_health = {"txErr": tx_errors, "rxErr": rx_errors, "txFailed": 0, "busOffCount": 0,
+                            "state": state}  # fmt: skip
+
     async def _can_get(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
-        bus = {"txErr": 0, "rxErr": 0, "txFailed": 0, "busOffCount": 0, "state": "running"}
+        """``CANopenModule::get`` (``CANopenModule.cpp:1449-1487`` @063e5a6): node id, role, NMT state,
+        and ``twai_get_status_info``'s counters and state."""
         return {"nodeId": 1, "canRole": MASTER_CAN_ROLE, "nmtState": NMT_OPERATIONAL,
-                "nmtStateStr": "OPERATIONAL", "bus": bus}  # fmt: skip
+                "nmtStateStr": "OPERATIONAL", "bus": dict(self._bus_health)}  # fmt: skip
 
     async def _legacy_can_act(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         """FW-legacy ``can_controller::act`` (``can_controller.cpp:1419-1611`` @14fa3e3): an int result."""
