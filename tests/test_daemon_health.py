@@ -21,17 +21,19 @@ from uc2otad.api import names
 from uc2otad.sim.config import SimConfig
 from uc2otad.sim.microscope import VirtualMicroscope
 from uc2otad.sim.nodes import default_node
+from uc2otad.sim.timing import MasterTiming
 
-#: the master forgets a node it has not heard for 0.3 s (FW-main: 5 s, ``CANopenModule.cpp:611-633``)
-SHORT_MEMORY = replace(TIMING, node_liveness=0.3)
+#: the master forgets a node it has not heard for 1.5 s (FW-main: 5 s, ``CANopenModule.cpp:611-633``):
+#: longer than the 1 s heartbeat period, so a node that is on stays heard
+SHORT_MEMORY = replace(TIMING, node_liveness=1.5)
 #: seconds a test waits for the master to report a node gone
 WAIT = 10.0
 
 
-def microscope_for(tmp_path: Path) -> VirtualMicroscope:
+def microscope_for(tmp_path: Path, timing: MasterTiming = TIMING) -> VirtualMicroscope:
     config = SimConfig(
         nodes=(default_node(NODE), default_node(12)),
-        timing=SHORT_MEMORY,
+        timing=timing,
         serial_link=tmp_path / "ttyHAT",
         socket=False,
         ota_port=0,
@@ -71,13 +73,13 @@ async def test_a_bus_off_master_is_refused_until_the_check_is_skipped(
 async def test_a_silent_node_is_refused_and_nothing_is_sent_to_it(
     start_daemon: DaemonFactory, client: MessageBus, served_image: str, tmp_path: Path
 ) -> None:
-    async with microscope_for(tmp_path) as scope:
+    async with microscope_for(tmp_path, SHORT_MEMORY) as scope:
         await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", served_image,
                            config=FAST_UPDATE)  # fmt: skip
         scope.master.set_node_online(NODE, False)
         async with asyncio.timeout(WAIT):  # until the master's scan no longer counts it as heard
             while any(b["can_id"] == NODE and b["reachable"] for b in await scan(client)):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)  # the master's 0.3 s memory runs out: no event to wait on
+                await asyncio.sleep(0.1)  # the master's 1.5 s memory runs out: no event to wait on
         silent = await start(client)
         unknown = await start(client, skip_checks=Variant("as", ["nod"]))
         status = unwrap((await call(client, "GetStatus", "u", NODE)).body[0])
