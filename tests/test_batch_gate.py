@@ -9,6 +9,7 @@ import pytest
 from uc2otad.contract import StatusDict
 from uc2otad.engine.batch import BatchGate
 from uc2otad.engine.status import BoardStatus, Phase, SequenceError
+from uc2otad.errors import BatchStoppedError, JobError, Uc2otadError
 
 
 async def test_a_turn_waits_while_an_inhibit_is_held_and_goes_on_after() -> None:
@@ -54,3 +55,27 @@ def test_a_queued_status_has_no_step_and_the_first_step_ends_it() -> None:
     assert first["upload_status"] == "command_sent" and "queued" not in first
     with pytest.raises(SequenceError):
         status.queue()
+
+
+async def test_a_failed_board_refuses_the_turns_not_begun_and_lets_the_running_one_finish() -> None:
+    """Issue 19: with ``stop_on_failure`` a failure ends the batch for the boards still waiting."""
+    gate = BatchGate(2, 0, stop_on_failure=True)
+    inside = {number: asyncio.Event() for number in (10, 11)}
+    finish = {number: asyncio.Event() for number in (10, 11)}
+
+    async def board(number: int, error: Uc2otadError | None) -> None:
+        async with gate.turn():
+            inside[number].set()
+            await finish[number].wait()
+            gate.ended(number, error)
+
+    failing = asyncio.create_task(board(10, JobError("board 10 failed")))
+    running = asyncio.create_task(board(11, None))
+    await asyncio.wait_for(asyncio.gather(inside[10].wait(), inside[11].wait()), 1)
+    waiting = asyncio.create_task(board(12, None))  # no slot until one of the two ends
+    finish[10].set()
+    with pytest.raises(BatchStoppedError, match="board 10"):
+        await asyncio.wait_for(waiting, 1)
+    finish[11].set()
+    await asyncio.wait_for(asyncio.gather(failing, running), 1)
+    assert (gate.stopped_by, gate.failed, gate.succeeded) == (10, {10}, {11})

@@ -294,3 +294,88 @@ async def test_cancel_stops_an_update_started_without_waiting(
 
     code, _, stderr = await ctl(private_bus, "cancel", "11")
     assert code == 3 and "no running update" in stderr
+
+
+# ---- the batch's plan (issue 19, item 3) --------------------------------------------------------------
+
+
+async def test_all_with_a_failing_board_stops_there_and_reports_the_rest_skipped(
+    microscope: Microscope, private_bus: PrivateBus
+) -> None:
+    scope = await microscope(node(11, corrupt_offset=100), node(12))
+    document = await ctl_update_json(private_bus, "--all", "--delay", "0", exit_code=1)
+    assert [(entry["can_id"], entry["action"]) for entry in document["plan"]] == [
+        (11, "update"),
+        (12, "update"),
+    ]
+    assert document["boards"]["11"]["result"] == "failed"
+    skipped = document["boards"]["12"]
+    assert (skipped["result"], skipped["status"]["error_code"]) == ("skipped", "skipped")
+    assert scope.master.slave(12).running_image != IMAGE
+
+
+async def test_all_prints_the_plan_before_the_progress(
+    microscope: Microscope, private_bus: PrivateBus
+) -> None:
+    await microscope(node(11), replace(node(12), version=NEW_VERSION))
+    code, stdout, stderr = await ctl(private_bus, "update", "--all", "--keep-going")
+    assert code == 0, (stdout, stderr)
+    lines = stdout.splitlines()
+    plan = lines.index("plan:")
+    assert lines[plan + 1].split() == ["CAN", "ROLE", "LINK", "STATE", "ACTION", "NOTE"]
+    assert lines[plan + 2].split() == ["11", "motor", "master", "update_available", "update", "-"]
+    first_progress = next(i for i, line in enumerate(lines) if line.startswith("CAN 11: "))
+    assert plan < first_progress
+
+
+async def test_dry_run_prints_the_plan_and_changes_nothing(
+    microscope: Microscope, private_bus: PrivateBus, client: MessageBus
+) -> None:
+    scope = await microscope(node(11), replace(node(12), version=NEW_VERSION))
+    code, stdout, stderr = await ctl(private_bus, "update", "--all", "--dry-run")
+    document = await ctl_update_json(private_bus, "--all", "--dry-run")
+    explicit = await ctl_update_json(private_bus, "11", "12", "--dry-run")
+
+    assert code == 0, (stdout, stderr)
+    assert "dry run: nothing is changed" in stdout
+    assert ["11", "motor", "master", "update_available", "update", "-"] in [
+        line.split() for line in stdout.splitlines()
+    ]
+    assert document["result"] == "dry_run"
+    assert [(entry["can_id"], entry["action"]) for entry in document["plan"]] == [(11, "update")]
+    assert (document["boards"]["11"]["result"], document["boards"]["12"]["result"]) == (
+        "planned",
+        "up_to_date",
+    )
+    assert [(entry["can_id"], entry["action"]) for entry in explicit["plan"]] == [
+        (11, "update"),
+        (12, "skip"),
+    ]
+    assert scope.master.slave(11).running_image != IMAGE
+    assert unwrap((await call(client, "GetHistory", "u", 0)).body[0]) == []
+    assert unwrap((await call(client, "GetAllStatus")).body[0]) == {}
+
+
+async def test_dry_run_with_nothing_due_is_exit_2(microscope: Microscope, private_bus: PrivateBus) -> None:
+    await microscope(replace(node(11), version=NEW_VERSION))
+    document = await ctl_update_json(private_bus, "11", "--dry-run", exit_code=2)
+    assert document["result"] == "dry_run"
+    assert [(entry["can_id"], entry["action"]) for entry in document["plan"]] == [(11, "skip")]
+
+
+async def test_role_takes_the_boards_of_that_role(microscope: Microscope, private_bus: PrivateBus) -> None:
+    scope = await microscope(node(11), node(12))
+    planned = await ctl_update_json(private_bus, "--role", "motor", "--dry-run")
+    document = await ctl_update_json(private_bus, "--role", "motor", "--delay", "0")
+
+    assert [(entry["can_id"], entry["action"]) for entry in planned["plan"]] == [
+        (11, "update"),
+        (12, "update"),
+    ]
+    assert {can_id: board["result"] for can_id, board in planned["boards"].items()} == {
+        "11": "planned", "12": "planned"
+    }  # fmt: skip
+    assert {can_id: board["result"] for can_id, board in document["boards"].items()} == {
+        "11": "success", "12": "success"
+    }  # fmt: skip
+    assert scope.master.slave(12).running_image == IMAGE

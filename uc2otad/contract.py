@@ -73,6 +73,8 @@ class ErrorCode(StrEnum):
     #: a check before the update failed (the bus, its error counters, the node not heard); today a
     #: D-Bus refusal before any board starts, a job's code once a batch checks each board at its turn
     UNHEALTHY = "unhealthy"
+    #: a batch with ``stop_on_failure``: an earlier board failed, so this one was never touched
+    SKIPPED = "skipped"
     #: none of the above: the reason is in ``upload_error``
     FAILED = "failed"
 

@@ -142,6 +142,13 @@ class AlreadyCommittedError(JobError):
     """Cancel after the board committed the new image: it will boot it, there is nothing to stop."""
 
 
+class BatchStoppedError(JobError):
+    """A batch board's turn came after an earlier board of the batch failed (``stop_on_failure``): it is
+    left alone rather than updated beside a board in an unknown state."""
+
+    error_code = ErrorCode.SKIPPED
+
+
 class BoardError(Uc2otadError):
     """After a transfer, the board does not show that it runs the new image."""
 

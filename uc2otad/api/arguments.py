@@ -45,6 +45,7 @@ OPTION_CAPS: Mapping[str, tuple[int, bool]] = {
     "link": (MAX_WORD_LENGTH, False),
     "firmware": (MAX_FILE_NAME_BYTES, True),
     "port": (MAX_PORT_LENGTH, False),
+    "master_port": (MAX_PORT_LENGTH, False),
     "match": (MAX_WORD_LENGTH, False),
     "chip": (MAX_WORD_LENGTH, False),
 }

@@ -29,6 +29,7 @@ from uc2otad.api.signatures import dbus_types
 from uc2otad.api.variants import read_options, to_variant_dict
 from uc2otad.contract import Link
 from uc2otad.engine.batch import DELAY_BETWEEN, PARALLEL
+from uc2otad.engine.batch_plan import check_roles
 from uc2otad.engine.core import Engine, Event, StatusChanged, USBFlashChanged, check_can_id
 from uc2otad.errors import InvalidArgumentError
 
@@ -42,8 +43,10 @@ VariantDict = dict[str, Variant]
 #: StartOTA's options and their D-Bus types (CONTRACT.md §1)
 START_OPTIONS = {"ssid": "s", "password": "s", "timeout": "u", "method": "s", "firmware": "s", "force": "b",
                  "link": "s", "allow_downgrade": "b", "skip_checks": "as"}  # fmt: skip
-#: StartMultipleOTA's: StartOTA's and the batch's pace
-BATCH_OPTIONS = {**START_OPTIONS, "delay_between": "u", "parallel": "u"}
+#: StartMultipleOTA's: StartOTA's, the batch's pace and its plan (issue 19: stop at the first failed board,
+#: boards by role, the master last over USB, a dry run)
+BATCH_OPTIONS = {**START_OPTIONS, "delay_between": "u", "parallel": "u", "stop_on_failure": "b",
+                 "include_master": "b", "master_port": "s", "roles": "as", "dry_run": "b"}  # fmt: skip
 #: the WiFi window a slave may be asked for, in ms (CONTRACT.md §1: 1000…3600000)
 MIN_TIMEOUT_MS = 1000
 MAX_TIMEOUT_MS = 3_600_000
@@ -136,6 +139,8 @@ class OTA1Interface(ServiceInterface):
             raise InvalidArgumentError(f"delay_between must be 0..{MAX_DELAY_BETWEEN} s, not {delay_between}")
         if not 1 <= parallel <= MAX_PARALLEL:
             raise InvalidArgumentError(f"parallel must be 1..{MAX_PARALLEL}, not {parallel}")
+        if "roles" in values:
+            values["roles"] = check_roles(values["roles"])
         started = await self._engine.start_multiple_ota(
             list(can_ids), values, parallel=parallel, delay_between=delay_between
         )

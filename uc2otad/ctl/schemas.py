@@ -44,8 +44,28 @@ ERROR: dict[str, Any] = {
 #: how one board's update ended (``uc2otactl update``): ``running`` and ``pending`` only after Ctrl-C
 #: (a board past the point of no return, or not reached); ``started`` with ``--no-wait``; ``not_due``
 #: with ``--all``, for a board whose CheckUpdates state is not ``update_available`` (its message says
-#: which state)
-UPDATE_RESULTS = ["success", "up_to_date", "failed", "cancelled", "started", "running", "pending", "not_due"]
+#: which state); ``skipped`` when an earlier board of its batch failed; ``planned`` with ``--dry-run``
+UPDATE_RESULTS = ["success", "up_to_date", "failed", "cancelled", "started", "running", "pending", "not_due",
+                  "skipped", "planned"]  # fmt: skip
+
+#: how ``uc2otactl update`` ended as a whole; ``dry_run``: ``--dry-run`` printed the plan
+UPDATE_OUTCOMES = ["success", "up_to_date", "nothing_to_do", "failed", "cancelled", "started", "dry_run"]
+
+#: one board of a batch's plan (StartMultipleOTA's ``plan``)
+PLAN_ENTRY: dict[str, Any] = {
+    "type": "object",
+    "required": ["can_id", "role", "link", "state", "action"],
+    "additionalProperties": False,
+    "properties": {
+        "can_id": {"type": "integer", "minimum": 1, "maximum": 127},
+        "role": {"type": "string"},
+        "link": {"enum": ["master", "can"]},
+        "state": {"type": "string"},
+        "action": {"enum": ["update", "skip", "flash_master"]},
+        "reason": {"type": "string"},
+        "port": {"type": "string"},
+    },
+}
 
 #: CheckUpdates' states (uc2otad.contract.UpdateState)
 CHECK_STATES = [str(state) for state in UpdateState]
@@ -134,9 +154,30 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "required": ["result", "exit_code", "boards"],
         "additionalProperties": False,
         "properties": {
-            "result": {"enum": ["success", "up_to_date", "nothing_to_do", "failed", "cancelled", "started"]},
+            "result": {
+                "enum": [
+                    "success",
+                    "up_to_date",
+                    "nothing_to_do",
+                    "failed",
+                    "cancelled",
+                    "started",
+                    "dry_run",
+                ]
+            },
             "exit_code": {"type": "integer"},
             "batch_id": {"type": "string"},
+            "plan": {"type": "array", "items": PLAN_ENTRY},
+            "master": {
+                "type": "object",
+                "required": ["included", "state"],
+                "properties": {
+                    "included": {"type": "boolean"},
+                    "state": {"type": "string"},
+                    "port": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
+            },
             "boards": {
                 "type": "object",
                 "patternProperties": {"^[0-9]+$": BOARD_UPDATE},

@@ -12,6 +12,13 @@ starts the sequence again), and says so with ``retry_in`` in the failed status.
 scheduled update (``uc2otad-update.service``) runs it every week, and a board that merely cannot say
 what it runs (``unknown``), or runs a developer's newer build, must not be reflashed each time. The
 other boards are listed ``not_due`` with their state; with none due the exit status is 2.
+
+A batch's plan is the daemon's (StartMultipleOTA's ``plan``), so that every client shows the same one:
+it is printed before the progress (in ``--json`` it is the document's ``plan``), and ``--dry-run`` asks
+for it alone (``dry_run``) and starts nothing. By default a batch of several boards stops at the first
+that fails, the rest ending ``skipped``; ``--keep-going`` updates them all. ``--include-master`` adds
+the master last, flashed over USB when its check says so; the daemon starts that flash once the boards
+have ended, and this command reports it as planned (``uc2otactl flash-master`` shows such a flash).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from uc2otad.ctl.output import Outcome, table
 from uc2otad.ctl.password import read_password
 from uc2otad.ctl.progress import ProgressView, view_for
 
+#: the roles a batch may select (``--role``): the daemon's (uc2otad.engine.batch_plan.ROLES)
+ROLES = ("motor", "laser", "led", "galvo")
+
 #: the master CAN HAT: flashed over USB (FlashMaster), never part of ``update --all`` (CONTRACT.md §1)
 MASTER_CAN_ID = 1
 #: how each outcome reads in the summary
@@ -54,9 +64,13 @@ _OUTCOME_TEXT = {
     "running": "not cancelled",
     "pending": "not started",
     "not_due": "not due",
+    "skipped": "skipped",
+    "planned": "would update",
 }
 #: outcomes after which nothing more happens to the board in this run
-_FINAL = frozenset({"success", "up_to_date", "failed", "cancelled", "started", "not_due"})
+_FINAL = frozenset(
+    {"success", "up_to_date", "failed", "cancelled", "started", "not_due", "skipped", "planned"}
+)
 #: outcomes of a board this run did not update, by design
 _NOT_UPDATED = frozenset({"up_to_date", "not_due"})
 #: what ``--all`` says about a board it leaves out, by its CheckUpdates state
@@ -76,7 +90,8 @@ class BoardRun:
     job_id: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
     #: pending → running → success | failed | cancelled; up_to_date (no job); started (--no-wait);
-    #: not_due (--all: not in state update_available, or not downgraded)
+    #: not_due (--all: not in state update_available, or not downgraded); skipped (an earlier board of
+    #: the batch failed); planned (--dry-run: it would be updated)
     outcome: str = "pending"
     message: str = ""
 
@@ -102,6 +117,9 @@ class UpdateRun:
         self._client = client
         self.boards = {can_id: BoardRun(can_id) for can_id in sorted(can_ids)}
         self.batch_id: str | None = None
+        #: the daemon's plan of a batch (StartMultipleOTA's ``plan``) and its word on the master
+        self.plan: list[dict[str, Any]] = []
+        self.master: dict[str, Any] | None = None
         self.view: ProgressView | None = None
         self.daemon_left = asyncio.Event()
         self._changed = asyncio.Event()
@@ -127,7 +145,7 @@ class UpdateRun:
         """The start call's reply: the job of each board that got one, the boards left out as current
         or as running newer firmware (what it runs); then replay what came early."""
         for can_id, job_id in job_ids.items():
-            board = self.boards[can_id]
+            board = self.boards.setdefault(can_id, BoardRun(can_id))  # a board of a --role
             board.job_id, board.outcome = job_id, "running"
         for can_id in up_to_date:
             self.boards[can_id].outcome = "up_to_date"
@@ -174,7 +192,8 @@ class UpdateRun:
         if phase == "success":
             board.outcome = "success"
         elif phase == "failed" and "retry_in" not in status:  # with retry_in, another attempt follows
-            board.outcome = "cancelled" if status.get("error_code") == "cancelled" else "failed"
+            code = status.get("error_code")
+            board.outcome = code if code in ("cancelled", "skipped") else "failed"
         else:
             board.outcome = "running"
         if self.view is not None:
@@ -222,8 +241,10 @@ class UpdateRun:
 async def update(client: DaemonClient, args: argparse.Namespace) -> Outcome:
     """Start the update of the named boards (or all), follow it, and say how each ended."""
     with interrupts() as interrupted:  # before anything is printed: Ctrl-C from then on cancels cleanly
-        if args.all == bool(args.can_ids):
+        if args.all and args.can_ids:
             raise CtlError("usage", "name the boards to update (CAN ids) or give --all, not both", EXIT_USAGE)
+        if not (args.all or args.can_ids or args.role or args.include_master):
+            raise CtlError("usage", "name the boards to update: CAN ids, --role, or --all", EXIT_USAGE)
         if args.password_file is not None and args.ssid is None:
             raise CtlError("usage", "--password-file goes with --ssid", EXIT_USAGE)
         options = _start_options(args)
@@ -233,13 +254,17 @@ async def update(client: DaemonClient, args: argparse.Namespace) -> Outcome:
         if args.all:
             (checked,) = await client.call("CheckUpdates")
             roles = {entry["can_id"]: entry.get("role", "") for entry in checked}
-            slaves = [entry for entry in checked if entry["can_id"] != MASTER_CAN_ID]
+            slaves = [
+                entry
+                for entry in checked
+                if entry["can_id"] != MASTER_CAN_ID and (not args.role or entry.get("role") in args.role)
+            ]
             can_ids = [entry["can_id"] for entry in slaves if entry["state"] == "update_available"]
         run = UpdateRun(client, can_ids)
         for entry in slaves:
             if entry["state"] != "update_available":
                 run.not_due(entry["can_id"], entry["state"], _NOT_DUE_TEXT.get(entry["state"], ""))
-        if args.all and not can_ids:
+        if args.all and not can_ids and not args.include_master:
             note = (
                 "nothing to update: no board has an update available"
                 if slaves
@@ -249,7 +274,7 @@ async def update(client: DaemonClient, args: argparse.Namespace) -> Outcome:
         try:
             await run.subscribe()
             await _start(client, run, args, options)
-            if not args.no_wait and run.jobs:
+            if not args.no_wait and not args.dry_run and run.jobs:
                 if not args.json:
                     run.view = view_for(sys.stdout, [board.can_id for board in run.jobs], roles)
                     for board in run.jobs:  # what arrived before the view existed
@@ -312,6 +337,21 @@ def add_arguments(update_parser: argparse.ArgumentParser, cancel_parser: argpars
         "--allow-downgrade", action="store_true", help="install even on a board that runs a newer build"
     )
     p.add_argument("--no-wait", action="store_true", help="return once the update has started")
+    p.add_argument(
+        "--role",
+        action="append",
+        choices=ROLES,
+        metavar="ROLE",
+        help="the boards of this role (motor, laser, led, galvo) as well; repeatable",
+    )
+    p.add_argument(
+        "--include-master", action="store_true", help="flash the master last, over USB, when it is due"
+    )
+    p.add_argument("--master-port", metavar="PORT", help="the master's USB port (default: the HAT link's)")
+    p.add_argument(
+        "--keep-going", action="store_true", help="update every board even after one failed (default: stop)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     cancel_parser.add_argument("can_id", type=int, metavar="CAN_ID")
 
 
@@ -345,7 +385,7 @@ async def _start(
     """One board: StartOTA; several or --all: one batch with StartMultipleOTA (the boards not yet
     decided: ``--all`` has left out those not due)."""
     can_ids = [board.can_id for board in run.boards.values() if board.outcome == "pending"]
-    if len(can_ids) == 1 and not args.all:
+    if len(can_ids) == 1 and not (args.all or _batch_only(args)):
         (reply,) = await client.call("StartOTA", "ua{sv}", can_ids[0], options)
         job_id = reply.get("job_id")
         run.accepted({can_ids[0]: job_id} if job_id else {}, up_to_date=() if job_id else can_ids)
@@ -355,17 +395,25 @@ async def _start(
             batch["parallel"] = Variant("u", _uint(args.parallel, "--parallel"))
         if args.delay is not None:
             batch["delay_between"] = Variant("u", _uint(args.delay, "--delay"))
+        batch.update(_plan_options(args))
         (reply,) = await client.call("StartMultipleOTA", "aua{sv}", can_ids, batch)
         run.batch_id = reply.get("batch_id")
+        run.plan, run.master = reply.get("plan", []), reply.get("master")
         job_ids = {int(can_id): job_id for can_id, job_id in reply.get("job_ids", {}).items()}
         newer = {int(can_id): running for can_id, running in reply.get("not_downgraded", {}).items()}
         left_out = [can_id for can_id in can_ids if can_id not in job_ids and can_id not in newer]
         run.accepted(job_ids, up_to_date=left_out, not_downgraded=newer)
+    if args.dry_run:
+        for entry in run.plan:
+            if entry["action"] == "update":
+                run.boards.setdefault(entry["can_id"], BoardRun(entry["can_id"])).outcome = "planned"
     if args.no_wait:
         for board in run.jobs:
             board.outcome = "started"
     if args.json:
         return
+    if run.plan:
+        _print_plan(run.plan, dry_run=args.dry_run)
     for board in run.boards.values():
         if board.outcome == "up_to_date":
             print(f"CAN {board.can_id}: already up to date")
@@ -378,6 +426,8 @@ async def _start(
         print(f"updating CAN {run.jobs[0].can_id} (job {run.jobs[0].job_id})", flush=True)
     if args.no_wait and run.jobs:
         print("follow it with: uc2otactl watch (or uc2otactl status)")
+    if _master_started(args, run) and run.master is not None:
+        print(f"then the master over USB on {run.master.get('port')}, once the boards have ended", flush=True)
 
 
 def _finish(
@@ -386,8 +436,13 @@ def _finish(
     """The summary, the --json document and the exit code (CONTRACT.md §5)."""
     boards = list(run.boards.values())
     outcomes = [board.outcome for board in boards]
-    if interrupted or any(outcome not in ("success", "started", *_NOT_UPDATED) for outcome in outcomes):
+    if args.dry_run:
+        due = any(entry["action"] != "skip" for entry in run.plan)
+        result, exit_code = "dry_run", EXIT_OK if due else EXIT_NOTHING_TO_DO
+    elif interrupted or any(outcome not in ("success", "started", *_NOT_UPDATED) for outcome in outcomes):
         result, exit_code = ("cancelled" if interrupted else "failed"), EXIT_FAILED
+    elif _master_started(args, run) and all(outcome in _NOT_UPDATED for outcome in outcomes):
+        result, exit_code = "started", EXIT_OK  # only the master's flash, which the daemon runs on
     elif all(outcome == "up_to_date" for outcome in outcomes):
         result, exit_code = "up_to_date", EXIT_NOTHING_TO_DO
     elif all(outcome in _NOT_UPDATED for outcome in outcomes):
@@ -401,9 +456,51 @@ def _finish(
     }
     if run.batch_id:
         document["batch_id"] = run.batch_id
+    if run.plan:
+        document["plan"] = run.plan
+    if run.master is not None:
+        document["master"] = run.master
     if not args.json:
         _summary(boards, note)
     return Outcome(document, exit_code)
+
+
+def _master_started(args: argparse.Namespace, run: UpdateRun) -> bool:
+    """The daemon flashes the master after this batch (``--include-master``, and it was due)."""
+    return not args.dry_run and run.master is not None and bool(run.master.get("included"))
+
+
+def _batch_only(args: argparse.Namespace) -> bool:
+    """Options that only a batch (StartMultipleOTA) has: one board with them is a batch of one."""
+    return bool(args.role or args.include_master or args.dry_run or args.keep_going)
+
+
+def _plan_options(args: argparse.Namespace) -> dict[str, Variant]:
+    """StartMultipleOTA's plan options (issue 19) from the command line."""
+    options: dict[str, Variant] = {}
+    if args.role and not args.all:  # with --all the roles have chosen among the boards due already
+        options["roles"] = Variant("as", sorted(set(args.role)))
+    if args.include_master:
+        options["include_master"] = Variant("b", True)
+    if args.master_port is not None:
+        options["master_port"] = Variant("s", args.master_port)
+    if args.keep_going:
+        options["stop_on_failure"] = Variant("b", False)
+    if args.dry_run:
+        options["dry_run"] = Variant("b", True)
+    return options
+
+
+def _print_plan(plan: list[dict[str, Any]], *, dry_run: bool) -> None:
+    """The daemon's plan, in its order, before anything happens (and all that happens with --dry-run)."""
+    print("dry run: nothing is changed" if dry_run else "plan:")
+    rows = [
+        (entry["can_id"], entry.get("role"), entry.get("link"), entry.get("state"), entry["action"],
+         entry.get("reason") or entry.get("port"))
+        for entry in plan
+    ]  # fmt: skip
+    table(("CAN", "ROLE", "LINK", "STATE", "ACTION", "NOTE"), rows)
+    print(flush=True)
 
 
 def _summary(boards: list[BoardRun], note: str) -> None:

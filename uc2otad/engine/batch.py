@@ -5,6 +5,13 @@ may allow ``parallel`` boards at once (WiFi uploads only: a stream holds the mas
 boards always go one by one). A board whose turn comes while an inhibit is held waits until it ends.
 Commands on the CAN link are serialised by the link itself.
 
+With ``stop_on_failure`` (StartMultipleOTA's default for more than one board) a board that fails, after
+its retries, stops the batch: every board whose turn has not come yet is refused it
+(:class:`BatchStoppedError`, ``error_code`` "skipped") and keeps its firmware, as fwupd stops a
+composite update at its first failed device; boards already running finish. The gate counts the
+outcomes, so that whoever follows the batch (the master's flash, ``include_master``) knows whether
+every board succeeded.
+
 The ``Progress`` property is the document's "batch progress tracking": the mean upload progress of the
 jobs started since the daemon was last idle, a finished job (success or not) counting 100.
 """
@@ -15,6 +22,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+
+from uc2otad.errors import BatchStoppedError, Uc2otadError
 
 #: seconds between two boards of a batch (the document's startMultipleDeviceOTA default)
 DELAY_BETWEEN = 2
@@ -37,10 +46,12 @@ class BatchGate:
         *,
         inhibited: Callable[[], bool] = lambda: False,
         until_uninhibited: Callable[[], Awaitable[None]] = _never_held,
+        stop_on_failure: bool = False,
     ) -> None:
         """
         :param inhibited: an inhibit is held now
         :param until_uninhibited: returns once no inhibit is held (at once if none is)
+        :param stop_on_failure: a failed board ends the turns of the boards still waiting
         """
         self._slots = asyncio.Semaphore(parallel)
         self._pace = asyncio.Lock()
@@ -48,18 +59,46 @@ class BatchGate:
         self._next_start: float | None = None
         self._inhibited = inhibited
         self._until_uninhibited = until_uninhibited
+        self._stop_on_failure = stop_on_failure
+        #: the board whose failure stopped the batch; None while it goes on
+        self.stopped_by: int | None = None
+        #: boards that ended successfully, and that ended failed (a skipped board counts in neither)
+        self.succeeded: set[int] = set()
+        self.failed: set[int] = set()
+
+    def ended(self, can_id: int, error: Uc2otadError | None) -> None:
+        """A board's job has ended (None: success); called before its turn is given back, so that a
+        failure stops the batch before the next board's turn begins."""
+        if error is None:
+            self.succeeded.add(can_id)
+            return
+        self.failed.add(can_id)
+        if self._stop_on_failure and self.stopped_by is None:
+            self.stopped_by = can_id
+
+    def _check_not_stopped(self) -> None:
+        if self.stopped_by is not None:
+            raise BatchStoppedError(
+                f"skipped: board {self.stopped_by} of the batch failed, so this board was left alone"
+            )
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        """Held by one job from its first attempt to its end."""
+        """Held by one job from its first attempt to its end.
+
+        :raises BatchStoppedError: the batch was stopped by a failure before this turn began
+        """
         async with self._slots:
+            self._check_not_stopped()
             async with self._pace:
                 loop = asyncio.get_running_loop()
                 while True:
+                    self._check_not_stopped()
                     if self._next_start is not None and self._next_start > loop.time():
                         await asyncio.sleep(
                             self._next_start - loop.time()
                         )  # the document's pause, not a sync
+                        continue  # a board may have failed meanwhile
                     if not self._inhibited():
                         break  # no await from here to the job's start: an inhibit cannot slip in between
                     await self._until_uninhibited()

@@ -11,6 +11,7 @@ Nothing here knows D-Bus.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets as token
 from collections.abc import Callable, Mapping
@@ -19,6 +20,15 @@ from typing import Any
 from uc2otad import secrets
 from uc2otad.contract import StatusDict
 from uc2otad.engine.batch import BatchGate, OverallProgress
+from uc2otad.engine.batch_plan import (
+    FLASH_MASTER,
+    PlanEntry,
+    check_roles,
+    master_entry,
+    role_boards,
+    slave_entry,
+)
+from uc2otad.engine.checking import BoardCheck
 from uc2otad.engine.config import EngineConfig, FirmwareSettings
 from uc2otad.engine.direct import DirectConnection
 from uc2otad.engine.events import (
@@ -38,7 +48,14 @@ from uc2otad.engine.reconcile import ask_the_boards, provable
 from uc2otad.engine.scanning import scan_boards, scan_devices
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.engine.usb import MasterFlashing
-from uc2otad.errors import InhibitedError, InvalidArgumentError, JobBusyError, LinkClosedError
+from uc2otad.errors import (
+    InhibitedError,
+    InvalidArgumentError,
+    JobBusyError,
+    JobError,
+    LinkClosedError,
+    Uc2otadError,
+)
 from uc2otad.firmware.cache import FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID
 from uc2otad.firmware.repository import FirmwareRepository
@@ -61,6 +78,36 @@ _LOGGER = logging.getLogger(__name__)
 def idle_status(can_id: int) -> StatusDict:
     """The status of a board no job ever touched."""
     return {"can_id": can_id, "status": "idle"}
+
+
+def _slave_entries(plan: Plan) -> list[PlanEntry]:
+    """The plan's slaves in its order, each "update" when due, else "skip" with why."""
+    entries = []
+    for can_id, route in plan.routes.items():
+        node = route.before
+        entries.append(
+            slave_entry(
+                can_id,
+                node.role if node is not None else None,
+                route.link,
+                plan.states[can_id],
+                due=can_id in plan.due,
+                newer=plan.not_downgraded.get(can_id),
+            )
+        )
+    return entries
+
+
+def _master_reply(entry: PlanEntry) -> dict[str, Any]:
+    """The reply's ``master``: whether the batch flashes it, with the port, or why not."""
+    if entry.action == FLASH_MASTER:
+        return {"included": True, "port": entry.port, "state": entry.state}
+    return {"included": False, "reason": entry.reason, "state": entry.state}
+
+
+def _dry_run_message(entries: list[PlanEntry]) -> str:
+    acting = [entry for entry in entries if entry.action != "skip"]
+    return f"dry run: {len(acting)} of {len(entries)} boards would be updated; nothing was started"
 
 
 def repository_for(firmware: FirmwareSettings, server_url: str) -> FirmwareRepository:
@@ -127,6 +174,8 @@ class Engine:
             inhibitors=self.inhibitors,
         )
         self._progress = OverallProgress()
+        #: batches' master flashes waiting for their slaves (``include_master``)
+        self._after_batches: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[JobRecord]:
         """Open the store (closing what a crash left running) and the cache, start on the master, and
@@ -157,6 +206,10 @@ class Engine:
         if self.reconciling is not None:
             self.reconciling.cancel()
             await asyncio.wait({self.reconciling})
+        for waiting in list(self._after_batches):
+            waiting.cancel()
+        if self._after_batches:
+            await asyncio.wait(self._after_batches)
         await self.usb.stop()  # a flash in progress is cancelled: esptool must not outlive us
         if self.master is not None:
             self.master.leave()  # a stream stopped now does not wait for the master (issue 15, D9)
@@ -240,12 +293,7 @@ class Engine:
         :raises LinkError: as :meth:`scan_devices`
         :raises FirmwareError: the firmware server's listing or manifest could not be had
         """
-        if self.master is None and self.direct is None:
-            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
-        checks = await scan_boards(
-            self.master, self.direct, self.repository, self._installed, server_timeout=None
-        )
-        return [check.as_dict() for check in checks]
+        return [check.as_dict() for check in await self._checks()]
 
     async def start_ota(self, can_id: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Start updating slave ``can_id``; returns once the job is accepted (CONTRACT.md §1 StartOTA):
@@ -282,27 +330,59 @@ class Engine:
         Every board is checked before any starts; boards already current are left out (not with
         ``force``), and so are boards that run a newer build (not with ``allow_downgrade``): the reply's
         ``not_downgraded`` names them with what they run. Up to ``parallel`` boards run at once where
-        the method allows it, else one by one.
+        the method allows it, else one by one. The boards are the ids given, then those of ``roles``
+        by CAN id; the reply's ``plan`` lists each with its action (:mod:`.batch_plan`), the master
+        last with ``include_master``. With ``stop_on_failure`` (the default for more than one board)
+        a failed board ends the batch: the boards not yet started end "skipped" (:mod:`.batch`).
+        With ``dry_run`` the plan is answered and nothing starts.
 
-        :raises InvalidArgumentError: no ids, a repeated id, the master's id, …as :meth:`start_ota`
+        :raises InvalidArgumentError: no boards, a repeated id, the master's id, an unknown role,
+            …as :meth:`start_ota`
         """
-        if not can_ids:
-            raise InvalidArgumentError("no CAN ids given")
         if len(set(can_ids)) != len(can_ids):
             raise InvalidArgumentError("a CAN id is given twice")
-        plan = await self.planner.plan(can_ids, options)
+        roles = check_roles(options.get("roles", ()))
+        include_master = bool(options.get("include_master"))
+        checks = await self._checks() if roles or include_master else []
+        can_ids = can_ids + role_boards(checks, roles, can_ids)
+        if not can_ids and not include_master:
+            raise InvalidArgumentError(
+                f"no board of role {', '.join(roles)} in the scan" if roles else "no CAN ids given"
+            )
+        plan = await self.planner.plan(can_ids, options) if can_ids else None
+        entries = _slave_entries(plan) if plan is not None else []
+        if include_master:
+            entries.append(await self._master_entry(checks, options))
+        flashing_master = bool(entries) and entries[-1].action == FLASH_MASTER
+        due = plan.due if plan is not None else []
+        stop_on_failure = bool(options.get("stop_on_failure", len(due) + flashing_master > 1))
+        reply: dict[str, Any] = {"status": "success", "plan": [entry.as_dict() for entry in entries],
+                                 "stop_on_failure": stop_on_failure}  # fmt: skip
+        if include_master:
+            reply["master"] = _master_reply(entries[-1])
+        newer = plan.not_downgraded if plan is not None else {}
+        if newer:
+            reply["not_downgraded"] = {str(can_id): running for can_id, running in newer.items()}
+        if options.get("dry_run"):
+            return {**reply, "dry_run": True, "job_ids": {}, "message": _dry_run_message(entries)}
         batch_id = token.token_hex(8)
         gate = BatchGate(
-            parallel if plan.parallel else 1,
+            parallel if plan is None or plan.parallel else 1,
             delay_between,
             inhibited=lambda: self.inhibitors.held,
             until_uninhibited=lambda: self.events.until_property("inhibited", False),
+            stop_on_failure=stop_on_failure,
         )
-        job_ids = {
-            str(can_id): self._start_job(plan, can_id, gate=gate, batch_id=batch_id).job_id
-            for can_id in plan.due
-        }
-        newer = plan.not_downgraded
+        job_ids = (
+            {}
+            if plan is None
+            else {
+                str(can_id): self._start_job(plan, can_id, gate=gate, batch_id=batch_id).job_id
+                for can_id in due
+            }
+        )
+        if flashing_master:
+            self._flash_master_after(gate, due, str(entries[-1].port), stop_on_failure=stop_on_failure)
         current = len(can_ids) - len(job_ids) - len(newer)
         message = f"OTA update initiated for {len(job_ids)} devices" + (
             f"; {current} already up to date" if current else ""
@@ -310,15 +390,65 @@ class Engine:
         if newer:
             boards = ", ".join(f"CAN {can_id} ({running})" for can_id, running in newer.items())
             message += f"; not downgraded (newer firmware, no allow_downgrade): {boards}"
-        reply: dict[str, Any] = {
-            "status": "success",
-            "message": message,
-            "batch_id": batch_id,
-            "job_ids": job_ids,
-        }
-        if newer:
-            reply["not_downgraded"] = {str(can_id): running for can_id, running in newer.items()}
-        return reply
+        if flashing_master:
+            message += "; then the master over USB"
+        return {**reply, "message": message, "batch_id": batch_id, "job_ids": job_ids}
+
+    async def _checks(self) -> list[BoardCheck]:
+        """CheckUpdates' view of the boards (also what a batch's ``roles`` select from and the master's
+        state for ``include_master``).
+
+        :raises LinkClosedError, LinkError, FirmwareError: as :meth:`check_updates`
+        """
+        if self.master is None and self.direct is None:
+            raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
+        return await scan_boards(
+            self.master, self.direct, self.repository, self._installed, server_timeout=None
+        )
+
+    async def _master_entry(self, checks: list[BoardCheck], options: Mapping[str, Any]) -> PlanEntry:
+        """The master's place in the plan: flashed when its check says so and its port is there.
+
+        :raises InvalidArgumentError: ``master_port`` is no serial device or URL
+        """
+        check = next((c for c in checks if c.node.can_id == MASTER_CAN_ID), None)
+        port, problem = "", None
+        try:
+            port = await self.usb.port_for(str(options.get("master_port", "")))
+        except InvalidArgumentError:
+            raise
+        except Uc2otadError as err:
+            problem = str(err)
+        return master_entry(check, force=bool(options.get("force")), port=port, port_problem=problem)
+
+    def _flash_master_after(
+        self, gate: BatchGate, can_ids: list[int], port: str, *, stop_on_failure: bool
+    ) -> None:
+        """Flash the master over USB on ``port`` once the batch's boards have ended: when every one
+        succeeded, or whatever they did without ``stop_on_failure``. Last, because the slaves are
+        updated through it (a master flashed first would have to come back before any of them)."""
+
+        async def after_batch() -> None:
+            for can_id in can_ids:
+                await self.jobs.wait(can_id)
+            failed = sorted(set(can_ids) - gate.succeeded)
+            try:
+                if stop_on_failure and failed:
+                    boards = ", ".join(map(str, failed))
+                    raise JobError(
+                        f"board(s) {boards} of the batch did not succeed, so the master was not flashed"
+                    )
+                self.usb.flash_master({"port": port})
+            except Uc2otadError as err:
+                _LOGGER.warning(
+                    "engine: the master's flash after the batch did not start: %s", err,
+                    extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "failed"},
+                )  # fmt: skip
+                self.usb.status.skipped(str(err))  # seen by whoever follows the master's flash
+
+        task = asyncio.create_task(after_batch(), name="flash the master after a batch")
+        self._after_batches.add(task)
+        task.add_done_callback(self._after_batches.discard)
 
     def _check_can_start(self, can_ids: list[int]) -> None:
         if self.inhibitors.held:
@@ -332,6 +462,8 @@ class Engine:
     def _start_job(
         self, plan: Plan, can_id: int, *, gate: BatchGate | None = None, **fields: Any
     ) -> JobContext:
+        """Hand board ``can_id`` of ``plan`` to the job manager (in a batch: its turn at ``gate``,
+        which learns how it ended)."""
         image, route = plan.images[can_id], plan.routes[can_id]
         node = route.before
         job = self.jobs.start(
@@ -339,6 +471,7 @@ class Engine:
             self.planner.job(plan, can_id),
             {},
             gate=gate.turn() if gate is not None else None,
+            on_end=functools.partial(gate.ended, can_id) if gate is not None else None,
             firmware=image.name,
             previous_version=node.fw_version if node is not None else None,
             link=route.link,

@@ -12,7 +12,8 @@ The rules every method shares live here, so that no method can forget one:
   committed the image) says so with :meth:`JobContext.committed`, after which Cancel is refused;
 - a job may wait for its turn (``gate``: a batch's ``parallel``, ``delay_between`` and any inhibit) with
   its history row already written and its status published as ``queued``, so that a crash while it
-  waits is recorded, and shown, too.
+  waits is recorded, and shown, too; a gate that refuses the turn (a batch stopped by an earlier
+  board's failure) ends the job ``failed`` with ``error_code`` "skipped", the board untouched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from uc2otad.engine.status import BoardStatus
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.errors import (
     AlreadyCommittedError,
+    BatchStoppedError,
     InhibitedError,
     JobBusyError,
     JobError,
@@ -107,6 +109,10 @@ class JobContext:
         return self._committed.is_set()
 
 
+#: told how a job ended (None: success) while it still holds its turn
+OnEnd = Callable[[Uc2otadError | None], None]
+
+
 class Method(Protocol):
     """How an image reaches a board (``uc2otad.methods``). Raises an error with ``error_code`` on failure."""
 
@@ -162,11 +168,13 @@ class JobManager:
         options: Mapping[str, Any],
         *,
         gate: AbstractAsyncContextManager[object] | None = None,
+        on_end: OnEnd | None = None,
         **fields: Any,
     ) -> JobContext:
         """Start a job for board ``can_id`` and return at once; the job runs in the background.
 
         :param gate: entered before the first attempt and held to the end (the job's turn in a batch)
+        :param on_end: told the outcome after the last attempt, before the gate is left (not on cancel)
         :param fields: added status fields known now (batch_id, firmware, previous_version…)
         :raises InhibitedError: an inhibit is held
         :raises JobBusyError: the board already has a job
@@ -187,7 +195,8 @@ class JobManager:
 
         context = JobContext(job_id, can_id, status, options, _note_image=note_image)
         task = asyncio.get_running_loop().create_task(
-            self._run(context, method, gate or nullcontext(), queued=gate is not None), name=f"job {job_id}"
+            self._run(context, method, gate or nullcontext(), queued=gate is not None, on_end=on_end),
+            name=f"job {job_id}",
         )
         self._running[can_id] = _Running(context, task)
         self._changed()
@@ -226,7 +235,13 @@ class JobManager:
     # ---- one job -------------------------------------------------------------------------------------
 
     async def _run(
-        self, job: JobContext, method: Method, gate: AbstractAsyncContextManager[object], *, queued: bool
+        self,
+        job: JobContext,
+        method: Method,
+        gate: AbstractAsyncContextManager[object],
+        *,
+        queued: bool,
+        on_end: OnEnd | None = None,
     ) -> None:
         known = job.status.status
         record = JobRecord(
@@ -242,8 +257,14 @@ class JobManager:
                 job.status.queue()  # seen at once, and reconciled as interrupted after a crash (issue 15, D6)
             if not await self._recorded(job, record):
                 return
-            async with gate:
-                job._ended(await self._attempts(job, method))
+            try:
+                async with gate:
+                    error = await self._attempts(job, method)
+                    if on_end is not None:
+                        on_end(error)
+                    job._ended(error)
+            except BatchStoppedError as stopped:
+                self._skipped(job, stopped)
         except asyncio.CancelledError:
             job._ended(JobError(f"board {job.can_id}: the update was stopped before the master answered"))
             if self._stopping:
@@ -260,6 +281,18 @@ class JobManager:
         finally:
             self._running.pop(job.can_id, None)
             self._changed()
+
+    def _skipped(self, job: JobContext, stopped: BatchStoppedError) -> None:
+        """The batch was stopped before this board's turn: failed, "skipped", and nothing sent to it."""
+        _LOGGER.warning(
+            "job %s: board %d %s", job.job_id, job.can_id, stopped,
+            extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "failed"},
+        )  # fmt: skip
+        job.status.fail(ErrorCode.SKIPPED, detail=str(stopped))
+        self._store.finish_job(
+            job.job_id, success=False, error_code=ErrorCode.SKIPPED, message=str(stopped), attempt=0
+        )
+        job._ended(stopped)
 
     async def _recorded(self, job: JobContext, record: JobRecord) -> bool:
         """Write the job's history row before anything touches the board; False: the job has failed.

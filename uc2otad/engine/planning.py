@@ -62,6 +62,8 @@ class Plan:
     #: the boards left out because they run a newer build than the image (no ``allow_downgrade``):
     #: what each runs
     not_downgraded: Mapping[int, str] = field(default_factory=dict)
+    #: each board's state against its image (:func:`.checking.board_state`): what the batch's plan shows
+    states: Mapping[int, UpdateState] = field(default_factory=dict)
 
     @property
     def parallel(self) -> bool:
@@ -166,6 +168,7 @@ class Planner:
                 for can_id in can_ids
                 if states[can_id] is UpdateState.DEVICE_NEWER and not allow_downgrade
             },
+            states=states,
         )
 
     async def _check_health(self, routes: Mapping[int, Route], skip: frozenset[str]) -> None:

@@ -72,6 +72,8 @@ ERROR_ROWS: Mapping[str, str] = {  # by ErrorCode
     ErrorCode.INTERRUPTED: "The daemon stopped during the update; the board keeps the image it booted",
     ErrorCode.UNHEALTHY: "The microscope is not ready for an update: a check failed. "
     "Fix what it names, retry",
+    ErrorCode.SKIPPED: "Skipped: an earlier board of the batch failed; this board keeps its firmware. "
+    "Fix that board, then update again",
 }
 
 #: every progress report of the upload is a multiple of this (the document: "every 10%")

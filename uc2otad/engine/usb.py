@@ -67,6 +67,30 @@ class MasterFlashing:
 
         return self._flasher_now().start(FlashOptions.from_mapping(options))
 
+    async def port_for(self, requested: str) -> str:
+        """The port a flash of the master would take (``requested``, else the HAT link's, else a known
+        USB bridge; the flasher's own rule), checked to be there and openable: a batch with
+        ``include_master`` plans the master only when it is.
+
+        :raises InvalidArgumentError: ``requested`` is no serial device or pyserial URL
+        :raises NoSerialPortError, PortAccessError: no such port, or this process may not open it
+        """
+        from uc2otad.methods.usb.flash import check_serial_port  # noqa: PLC0415 - on first use, as the flasher
+        from uc2otad.methods.usb.ports import (  # noqa: PLC0415 - on first use, as the flasher
+            check_port_access,
+            choose_port,
+            list_serial_ports,
+        )
+
+        if requested:
+            check_serial_port(requested)
+        hat = self._config.master
+        ports = await list_serial_ports()
+        port = choose_port(requested=requested, hat_port=hat.port if hat is not None else "", match="",
+                           ports=ports)  # fmt: skip
+        await check_port_access(port)
+        return port
+
     def current(self) -> dict[str, Any]:
         """The document's ``getUSBFlashStatus``; ``status`` "idle" before any flash."""
         return dict(self.status.current)

@@ -65,6 +65,9 @@ USB_ERROR_ROWS: Mapping[str, str] = {
 #: the document's row for any failure to find or fetch the image (FirmwareError)
 FIRMWARE_NOT_FOUND_ROW = "Firmware not found"
 CANCELLED_MESSAGE = "Flash cancelled"
+#: a batch's flash of the master (StartMultipleOTA ``include_master``) that did not start: a board of the
+#: batch failed, or the master could not be flashed when its turn came; ``details`` says which
+SKIPPED_MESSAGE = "Flash skipped"
 #: a flash accepted, before its first step: FlashMaster's own answer
 STARTED_STATUS, STARTED_MESSAGE = "started", "Master firmware flash started"
 
@@ -125,6 +128,12 @@ class UsbFlashStatus:
         row = failure_row(error)
         self.learn(error_code=error.error_code or None)
         self._set("failed", self._progress, row, details=f"{error}. {USB_ERROR_ROWS.get(row, '')}")
+
+    def skipped(self, reason: str) -> None:
+        """A flash planned by a batch was not started (``reason``); the master keeps its firmware."""
+        self.begin()
+        self.learn(error_code="skipped")
+        self._set("failed", 0, SKIPPED_MESSAGE, details=f"{reason}; the master keeps its firmware")
 
     def cancelled(self) -> None:
         self.learn(error_code="cancelled")
