@@ -296,3 +296,28 @@ async def test_the_master_is_not_flashed_after_a_failed_board(
     assert "board(s) 10 of the batch did not succeed" in skipped["details"]
     assert unwrap((await call(client, "GetUSBFlashStatus")).body[0]) == skipped
     assert len(scope.rom_loader.writes) == 0
+
+
+async def test_a_batch_board_is_checked_again_at_its_turn(
+    microscope: Microscope, client: MessageBus, events: Events
+) -> None:
+    # board 10 pauses a moment halfway (less than the master's block timeout); meanwhile the bus goes
+    # bus-off: board 11's turn finds it so, ends unhealthy without a command, and the batch stops there
+    scope = await microscope(
+        node(10, faults=NodeFaults(stall_at_percent=50.0, stall_seconds=0.2)), node(11), node(12)
+    )
+    started = await start_batch(client, [10, 11, 12])
+    await events.first(
+        lambda event: event[0] == "board" and event[1] == 10 and event[2].get("upload_status") == "uploading"
+    )
+    scope.master.set_bus_health(state="bus_off", tx_errors=255)
+    finals = await events.finals([10, 11, 12])
+
+    assert started["stop_on_failure"] is True
+    assert finals[10]["upload_status"] == "success"
+    assert (finals[11]["status"], finals[11]["error_code"]) == ("failed", "unhealthy")
+    assert "bus-off" in finals[11]["upload_error"] and "check 'bus'" in finals[11]["upload_error"]
+    assert not any(kind == "board" and c == 11 and s.get("upload_status") == "command_sent"
+                   for kind, c, s in events.items)  # fmt: skip  # nothing was sent to it
+    assert finals[12]["error_code"] == "skipped"
+    assert scope.master.slave(11).running_image != IMAGE

@@ -70,8 +70,8 @@ class ErrorCode(StrEnum):
     LINK_LOST = "link_lost"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
-    #: a check before the update failed (the bus, its error counters, the node not heard); today a
-    #: D-Bus refusal before any board starts, a job's code once a batch checks each board at its turn
+    #: a check before the update failed at a batch board's turn (the bus, its error counters, the node
+    #: not heard); before any board starts, the same check is the D-Bus error ``Unhealthy``
     UNHEALTHY = "unhealthy"
     #: a batch with ``stop_on_failure``: an earlier board failed, so this one was never touched
     SKIPPED = "skipped"

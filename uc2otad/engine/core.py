@@ -468,7 +468,7 @@ class Engine:
         node = route.before
         job = self.jobs.start(
             can_id,
-            self.planner.job(plan, can_id),
+            self.planner.job(plan, can_id, recheck=gate is not None),  # a batch board: checked at its turn
             {},
             gate=gate.turn() if gate is not None else None,
             on_end=functools.partial(gate.ended, can_id) if gate is not None else None,

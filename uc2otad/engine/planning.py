@@ -26,7 +26,7 @@ from uc2otad.firmware.repository import FirmwareRepository, VerifiedImage
 from uc2otad.links.ota_wifi import DEFAULT_WINDOW_MS
 from uc2otad.links.protocol import LinkCapability
 from uc2otad.methods import METHODS, method_class
-from uc2otad.methods.base import LinkUse, PlannedJob, SlaveMethod, WifiCredentials
+from uc2otad.methods.base import Job, LinkUse, PlannedJob, SlaveMethod, WifiCredentials
 from uc2otad.methods.verify import VerifySettings
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class Plan:
     not_downgraded: Mapping[int, str] = field(default_factory=dict)
     #: each board's state against its image (:func:`.checking.board_state`): what the batch's plan shows
     states: Mapping[int, UpdateState] = field(default_factory=dict)
+    #: the checks before an update the call skips (``skip_checks``, :mod:`.health`)
+    skip_checks: frozenset[str] = frozenset()
 
     @property
     def parallel(self) -> bool:
@@ -142,7 +144,8 @@ class Planner:
         rest = [can_id for can_id in can_ids if can_id not in routes]
         if rest:
             routes.update(await self._master_routes(rest, asked_method))
-        await self._check_health(routes, skipped_checks(options.get("skip_checks", ())))
+        skip = skipped_checks(options.get("skip_checks", ()))
+        await self._check_health(routes, skip)
         credentials = (
             await self._credentials(options) if any(r.method.joins_wifi for r in routes.values()) else None
         )
@@ -169,6 +172,7 @@ class Planner:
                 if states[can_id] is UpdateState.DEVICE_NEWER and not allow_downgrade
             },
             states=states,
+            skip_checks=skip,
         )
 
     async def _check_health(self, routes: Mapping[int, Route], skip: frozenset[str]) -> None:
@@ -238,8 +242,12 @@ class Planner:
             scan = await link.scan()
         return {can_id: Route(Link.MASTER, method, master.use, scan.node(can_id)) for can_id in can_ids}
 
-    def job(self, plan: Plan, can_id: int) -> SlaveMethod:
-        """The method instance for board ``can_id`` of ``plan``."""
+    def job(self, plan: Plan, can_id: int, *, recheck: bool = False) -> SlaveMethod | Rechecked:
+        """The method instance for board ``can_id`` of ``plan``.
+
+        :param recheck: run the checks before an update again when the job starts (a batch's board
+            whose turn comes after others': the bus or the node may have changed meanwhile)
+        """
         route = plan.routes[can_id]
         repository, name = self._repository(), plan.images[can_id].name
 
@@ -255,7 +263,38 @@ class Planner:
             credentials=plan.credentials,
             wifi_settings=self._wifi_settings(plan.window_ms) if route.method.joins_wifi else None,
         )
-        return route.method.prepare(planned)
+        method = route.method.prepare(planned)
+        if not recheck:
+            return method
+        return Rechecked(method, lambda: self._recheck(can_id, route, plan.skip_checks))
+
+    async def _recheck(self, can_id: int, route: Route, skip: frozenset[str]) -> None:
+        """The checks of :mod:`.health` for one board at its turn, on a fresh scan of its link.
+
+        :raises UnhealthyError: a check failed (the job ends ``unhealthy``, nothing sent to the board)
+        """
+        if {"bus", "errors", "node"} <= skip:
+            return
+        async with route.use_link("checking the bus before an update") as link:
+            await check_link(link, self._health, skip)
+            if "node" not in skip:
+                check_node(can_id, (await link.scan()).node(can_id), skip)
+
+
+class Rechecked:
+    """A batch board's method, run only once the checks before an update pass again at its turn."""
+
+    def __init__(self, method: SlaveMethod, check: Callable[[], Awaitable[None]]) -> None:
+        self._method = method
+        self._check = check
+
+    @property
+    def name(self) -> str:
+        return self._method.name
+
+    async def run(self, job: Job) -> None:
+        await self._check()
+        await self._method.run(job)
 
 
 async def wifi_credentials(
