@@ -190,7 +190,7 @@ async def test_filesystem_image_needs_no_magic_byte(start_board: StartBoard) -> 
     ],
     ids=["wrong-password", "board-refuses", "pbkdf2-both-hashes"],
 )
-async def test_refused_password_is_a_connection_failure_with_the_boards_words(
+async def test_refused_password_is_an_auth_failure_with_the_boards_words(
     start_board: StartBoard, config: OtaBoardConfig, faults: BoardFaults | None, refusals: int
 ) -> None:
     board = await start_board(config, faults)
@@ -198,7 +198,7 @@ async def test_refused_password_is_a_connection_failure_with_the_boards_words(
     with pytest.raises(UploadAuthError) as caught:
         await uploader_for(board, PASSWORD).upload(IMAGE)
 
-    assert caught.value.error_code == "upload_connection_failed"
+    assert caught.value.error_code == "ota_auth_failed"  # its own code: not retried (issue 20)
     assert caught.value.board_text == "Authentication Failed"
     assert board.counters.auth_failures == refusals
     assert board.counters.sessions == 0

@@ -90,7 +90,32 @@ async def test_settings_commands_and_the_password_stays_off_argv_and_output(
     assert (await ctl_json(private_bus, "set-server", "http://127.0.0.1:9/firmware"))["firmware_server"] == (
         "http://127.0.0.1:9/firmware"
     )
-    assert await ctl_json(private_bus, "clear-cache") == {"cleared": True}
+    cleared = {"cleared": True, "deleted": 0, "known_good_deleted": 0, "known_good_kept": 0}
+    assert await ctl_json(private_bus, "clear-cache") == cleared
+
+
+async def test_set_ota_password_reads_stdin_or_a_file_never_argv(
+    start_daemon: DaemonFactory, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    daemon = await start_daemon()
+    secret_file = daemon.state_dir / "ota-password"
+    assert await ctl_json(private_bus, "set-ota-password", stdin=PASSWORD + "\n") == {"password_set": True}
+    assert await asyncio.to_thread(secret_file.read_text) == PASSWORD
+    assert (await asyncio.to_thread(secret_file.stat)).st_mode & 0o777 == 0o600
+    password_file = tmp_path / "ota-pw"
+    await asyncio.to_thread(password_file.write_text, "other-" + PASSWORD + "\n")
+    code, stdout, stderr = await ctl(private_bus, "set-ota-password", "--password-file", str(password_file))
+    assert (code, stdout.strip()) == (0, "OTA password stored") and PASSWORD not in stdout + stderr
+    assert await asyncio.to_thread(secret_file.read_text) == "other-" + PASSWORD
+    assert await ctl_json(private_bus, "set-ota-password", stdin="\n") == {"password_set": False}
+    assert not await asyncio.to_thread(secret_file.exists)  # empty clears it: the file is gone
+    code, _, stderr = await ctl(private_bus, "set-ota-password", PASSWORD)
+    assert code == 64 and "unrecognized arguments" in stderr  # no way to put it on argv
+    code, _, stderr = await ctl(private_bus, "set-ota-password", "--password", PASSWORD)
+    assert code == 64
+    code, stdout, _ = await ctl(private_bus, "set-ota-password", "--json", stdin="p" * 65 + "\n")
+    assert code == 64 and json.loads(stdout)["error"]["name"] == "org.openuc2.OTA1.Error.InvalidArgument"
+    assert "p" * 65 not in stdout  # the refusal never quotes the password
 
 
 @pytest.mark.parametrize(

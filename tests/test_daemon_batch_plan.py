@@ -271,6 +271,10 @@ async def test_include_master_flashes_the_master_last_over_usb(
     assert flashed["status"] == "success", flashed
     assert loader.flash.read(0x10000, len(MASTER_APP)) == MASTER_APP
     assert scope.master.identity.version == MASTER_VERSION
+    (row,) = unwrap((await call(client, "GetHistory", "u", 1)).body[0])  # issue 20: the flash's own row
+    assert (row["job_id"], row["method"], row["state"], row["firmware_version"]) == (
+        flashed["job_id"], "usb", "success", MASTER_VERSION,
+    )  # fmt: skip
     first_usb = events.index(lambda item: item[0] == "usb")
     assert (
         max(events.ended_at(10), events.ended_at(11)) < first_usb
@@ -295,6 +299,7 @@ async def test_the_master_is_not_flashed_after_a_failed_board(
     )
     assert "board(s) 10 of the batch did not succeed" in skipped["details"]
     assert unwrap((await call(client, "GetUSBFlashStatus")).body[0]) == skipped
+    assert unwrap((await call(client, "GetHistory", "u", 1)).body[0]) == []  # no flash, no row
     assert len(scope.rom_loader.writes) == 0
 
 

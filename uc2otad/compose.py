@@ -113,7 +113,10 @@ def job_retry(config: Settings) -> RetryPolicy:
 
 
 def health_settings(config: Settings) -> HealthSettings:
-    return HealthSettings(max_bus_errors=_or(config.update_max_bus_errors, MAX_BUS_ERRORS))
+    return HealthSettings(
+        max_bus_errors=_or(config.update_max_bus_errors, MAX_BUS_ERRORS),
+        rollback_on_unhealthy=config.update_rollback_on_unhealthy,
+    )
 
 
 def verify_settings(config: Settings) -> VerifySettings:

@@ -63,6 +63,9 @@ class ErrorCode(StrEnum):
     DOWNLOAD_CORRUPT = "download_corrupt"
     DISK_FULL = "disk_full"
     UPLOAD_CONNECTION_FAILED = "upload_connection_failed"
+    #: the board's ArduinoOTA refused the stored OTA password, or asked for one and none is stored: not
+    #: retried, the same password would be refused again (issue 20)
+    OTA_AUTH_FAILED = "ota_auth_failed"
     UPLOAD_TIMEOUT = "upload_timeout"
     VERIFICATION_FAILED = "verification_failed"
     MASTER_ERROR = "master_error"

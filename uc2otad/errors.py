@@ -42,7 +42,7 @@ Uc2otadError
 │   └── WifiJoinTimeoutError (TimeoutError)  the slave did not report back in time              wifi_failed
 ├── UploadError                         an ArduinoOTA upload failed; carries the board's own text
 │   ├── UploadConnectionError              no answer, refused, no call-back, closed  upload_connection_failed
-│   │   └── UploadAuthError                the board refused the password            upload_connection_failed
+│   │   └── UploadAuthError                the board refused the password, or none    ota_auth_failed
 │   ├── UploadTimeoutError (TimeoutError)  no progress within the chunk timeout       upload_timeout
 │   └── UploadVerificationError            the board reports an MD5 or flash error   verification_failed
 ├── UsbFlashError                       flashing the master with esptool failed (``row``: the USB error row)
@@ -55,6 +55,7 @@ Uc2otadError
 └── FirmwareError                       finding, fetching or checking an image failed
     ├── UnsafeFileNameError (ValueError)   a name that is not a plain file name       firmware_not_found
     ├── FirmwareNotFoundError              no image for a board, 404 and other 4xx   firmware_not_found
+    │   └── NoRollbackImageError           Rollback: no earlier image of the board kept firmware_not_found
     ├── ListingError                       the server sent no usable JSON listing      firmware_not_found
     ├── ManifestError                      version.json is present but not valid      download_corrupt
     ├── DownloadError
@@ -205,6 +206,11 @@ class FirmwareNotFoundError(FirmwareError):
     error_code = ErrorCode.FIRMWARE_NOT_FOUND
 
 
+class NoRollbackImageError(FirmwareNotFoundError):
+    """Rollback: the board has no earlier image kept (fewer than two verified updates by this daemon,
+    or the image was deleted with ClearFirmwareCacheWithOptions ``include_known_good``)."""
+
+
 class ListingError(FirmwareError):
     """The firmware server did not answer its listing with a JSON list of files."""
 
@@ -279,7 +285,13 @@ class UploadConnectionError(UploadError):
 
 
 class UploadAuthError(UploadConnectionError):
-    """The board refused the OTA password, or asked for one that was not given (espota counts it as 1)."""
+    """The board refused the OTA password, or asked for one that was not given (espota counts it as 1).
+
+    Its own code, not retried: another attempt sends the same password and is refused the same way; a
+    person must set the right one (SetOTAPassword).
+    """
+
+    error_code = ErrorCode.OTA_AUTH_FAILED
 
 
 class UploadTimeoutError(UploadError, TimeoutError):

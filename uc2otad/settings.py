@@ -26,7 +26,7 @@ Config file layout (every key optional)::
                chunk_timeout = 20.0   host_ip = ""   host_port = 0
     [daemon]   state_dir = "/var/lib/uc2otad"   log_level = "info"
     [update]   retries = 2   retry_delay = 5.0   verify_settle = 4.0   verify_window = 40.0
-               verify_interval = 2.0   max_bus_errors = 96
+               verify_interval = 2.0   max_bus_errors = 96   rollback_on_unhealthy = false
     [usb]      esptool = ""   esptool_timeout = 300.0   reboot_wait = 1.0   reconnect_window = 30.0
     [can]      interface = "socketcan"   channel = "can0"   bitrate = 500000   (the direct CAN link;
                no interface: none)   size_write_timeout = 20.0   sdo_timeout = 0.25
@@ -135,6 +135,8 @@ class Settings:
     update_verify_interval: float | None = None
     #: None: ``engine.health.MAX_BUS_ERRORS`` (an error counter at or above it refuses an update)
     update_max_bus_errors: int | None = None
+    #: put a board's earlier image back when the check after its update fails (issue 20)
+    update_rollback_on_unhealthy: bool = False
     #: an esptool program for flashing the master over USB; "" runs ``python -m esptool``
     usb_esptool: str = ""
     #: None: ``methods.usb.esptool.ESPTOOL_TIMEOUT``
@@ -183,6 +185,12 @@ def _nonempty_text(value: object, key: str) -> str:
     if not text:
         raise ConfigError(key, "must not be empty")
     return text
+
+
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, not {value!r}")
+    return value
 
 
 def _positive_int(value: object, key: str) -> int:
@@ -292,6 +300,7 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "update.verify_window": ("update_verify_window", _positive_float),
     "update.verify_interval": ("update_verify_interval", _positive_float),
     "update.max_bus_errors": ("update_max_bus_errors", _positive_int),
+    "update.rollback_on_unhealthy": ("update_rollback_on_unhealthy", _flag),
     "usb.esptool": ("usb_esptool", _text),
     "usb.esptool_timeout": ("usb_esptool_timeout", _positive_float),
     "usb.reboot_wait": ("usb_reboot_wait", _seconds),

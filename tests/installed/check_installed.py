@@ -14,8 +14,9 @@ master, so that an update takes the WiFi method and the WiFi password travels), 
 ``/usr/bin/uc2otad`` against both, as root, with the unit's UMask and the real /var/lib and /var/cache
 folders. Then, as users it creates: an unprivileged user reads the status but is refused every other
 method with ``org.freedesktop.DBus.Error.AccessDenied``; a member of group ``uc2ota`` stores WiFi
-credentials and updates a board through ``uc2otactl``; the password is found in no reply, property,
-signal, log line, journal entry or file the unprivileged user can read; the member flashes the master
+credentials and the board's OTA password (board 11 is a lab's build whose ArduinoOTA asks for one) and
+updates a board through ``uc2otactl``; neither password is found in any reply, property, signal, log
+line, journal entry or file the unprivileged user can read; the member flashes the master
 (FlashMaster) through the simulator's ROM loader with ``--esptool``; the scheduled update's ExecStart,
 run as its unit's user ``uc2otad-update`` (group ``uc2ota``), updates exactly the boards that have an
 update available, and exits 2 when run again; the compat probe finds the
@@ -108,8 +109,11 @@ RESTRICTED_CALLS: tuple[tuple[str, str, list[Any]], ...] = (
     ("Cancel", "u", [11]),
     ("FlashMaster", "a{sv}", [{}]),
     ("SetWiFiCredentials", "ss", ["intruder-net", "intruder-pass"]),
+    ("SetOTAPassword", "s", ["intruder-ota"]),
     ("SetFirmwareServer", "s", ["http://127.0.0.1:9/firmware"]),
     ("ClearFirmwareCache", "", []),
+    ("ClearFirmwareCacheWithOptions", "a{sv}", [{}]),
+    ("Rollback", "u", [11]),
     ("Inhibit", "s", ["not allowed"]),
     ("Uninhibit", "s", ["0"]),
 )
@@ -584,8 +588,11 @@ def free_udp_port() -> int:
         return port
 
 
-def start_microscope(setup: Setup, args: argparse.Namespace, secret: str, ota_port: int) -> dict[str, Any]:
-    """A legacy master (WiFi method) with boards 11 and 20, and a firmware folder newer than they run."""
+def start_microscope(
+    setup: Setup, args: argparse.Namespace, secret: str, ota_port: int, ota_secret: str
+) -> dict[str, Any]:
+    """A legacy master (WiFi method) with boards 11 and 20, and a firmware folder newer than they run;
+    board 11's ArduinoOTA asks for ``ota_secret`` (a lab's build with ``ArduinoOTA.setPassword``)."""
     private = setup.folder / "private"
     private.mkdir(mode=0o700)
     firmware = setup.folder / "firmware"
@@ -606,6 +613,7 @@ def start_microscope(setup: Setup, args: argparse.Namespace, secret: str, ota_po
         "[timing]\nnode_boot_time = 0.1\nwifi_join_time = 0.05\nlegacy_scan_wait = 0.05\n"
         # the chip of sim_firmware.py's images, so that FlashMaster's image fits the master's ROM loader
         'restart_delay = 0.1\n[master]\nchip = "esp32s3"\n'
+        f'[[nodes]]\nid = {CAN_ID}\nota_password = "{ota_secret}"\n'
     )
     log = (setup.folder / "microscope.log").open("ab")
     process = subprocess.Popen(
@@ -892,7 +900,7 @@ def check_policy_covers_interface() -> None:
     )
 
 
-def check_reader(secret: str) -> None:
+def check_reader(secret: str, ota_secret: str) -> None:
     """The unprivileged user: everything that reads works, everything else is AccessDenied by the bus."""
     reads: list[tuple[str, str, str, list[Any]]] = [
         (BUS_NAME, "GetStatus", "u", [CAN_ID]),
@@ -912,7 +920,8 @@ def check_reader(secret: str) -> None:
         answer = call(READER, interface, member, signature, arguments)
         expect("ok" in answer, f"{READER}: {member} refused: {answer}")
         expect(secret not in json.dumps(answer), f"{READER}: {member}'s reply holds the WiFi password")
-    passed(f"{READER} (no groups): {len(reads)} reading calls answered, none with the WiFi password")
+        expect(ota_secret not in json.dumps(answer), f"{READER}: {member}'s reply holds the OTA password")
+    passed(f"{READER} (no groups): {len(reads)} reading calls answered, none with the WiFi or OTA password")
     boards = call(READER, BUS_NAME, "ScanDevices")["ok"][0]
     expect({CAN_ID, 20} <= {board["can_id"] for board in boards}, f"{READER}: ScanDevices found {boards}")
     for member, signature, arguments in RESTRICTED_CALLS:
@@ -938,13 +947,20 @@ def check_reader(secret: str) -> None:
     passed(f"{READER}: uc2otactl status exits 0, uc2otactl update exits 4 (not permitted)")
 
 
-def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
-    """The uc2ota member stores credentials and updates a board over WiFi while the reader listens."""
+def check_operator(setup: Setup, secret: str, ota_secret: str) -> list[dict[str, Any]]:
+    """The uc2ota member stores credentials and the OTA password, and updates a board over WiFi while the
+    reader listens."""
     stored = run_as(OPERATOR, str(CTL), "set-wifi", SSID, stdin=secret + "\n")
     expect(
         stored.returncode == 0, f"{OPERATOR}: uc2otactl set-wifi exited {stored.returncode}: {stored.stderr}"
     )
     passed(f"{OPERATOR} (group {GROUP}): SetWiFiCredentials accepted (password on stdin)")
+    stored = run_as(OPERATOR, str(CTL), "set-ota-password", stdin=ota_secret + "\n")
+    expect(
+        stored.returncode == 0 and ota_secret not in stored.stdout + stored.stderr,
+        f"{OPERATOR}: uc2otactl set-ota-password exited {stored.returncode}: {stored.stderr}",
+    )
+    passed(f"{OPERATOR} (group {GROUP}): SetOTAPassword accepted (password on stdin)")
     answer = call(OPERATOR, BUS_NAME, "StartOTA", "ua{sv}", [99, {}])
     expect(
         answer.get("error", "").startswith("org.openuc2.OTA1.Error."),
@@ -978,13 +994,15 @@ def check_operator(setup: Setup, secret: str) -> list[dict[str, Any]]:
     result = json.loads(update.stdout)
     board = result["boards"][str(CAN_ID)]
     expect(board["result"] == "success" and board["status"]["status"] == "success", f"{OPERATOR}: {result}")
-    passed(f"{OPERATOR}: uc2otactl update {CAN_ID} --method wifi (StartOTA) updated the board")
+    expect(ota_secret not in update.stdout + update.stderr, f"{OPERATOR}: uc2otactl update shows the OTA one")
+    passed(f"{OPERATOR}: uc2otactl update {CAN_ID} --method wifi (StartOTA) updated the protected board")
     expect(
         any(entry["member"] == "OTAStatusChanged" for entry in signals),
         f"{READER} received no status signals",
     )
     expect(secret not in json.dumps(signals), f"a signal {READER} received holds the WiFi password")
-    passed(f"{READER} received {len(signals)} signals during the update; none holds the WiFi password")
+    expect(ota_secret not in json.dumps(signals), f"a signal {READER} received holds the OTA password")
+    passed(f"{READER} received {len(signals)} signals during the update; none holds the WiFi or OTA password")
     # the inhibit ends when its caller leaves the bus (this client, at once): Uninhibit then finds no cookie
     cookie = call(OPERATOR, BUS_NAME, "Inhibit", "s", ["installed package check"])
     expect("ok" in cookie, f"{OPERATOR}: Inhibit answered {cookie}")
@@ -1119,14 +1137,16 @@ def check_read_burst(setup: Setup) -> None:
     )
 
 
-def check_secret_at_rest(setup: Setup, secret: str) -> None:
+def check_secret_at_rest(setup: Setup, secret: str, ota_secret: str) -> None:
     password_file = STATE_DIR / "wifi-password"
-    info = password_file.stat()
-    expect(password_file.read_text() == secret, f"{password_file} does not hold the password set")
-    expect(
-        (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600),
-        f"{password_file}: uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}",
-    )
+    ota_file = STATE_DIR / "ota-password"
+    for path, value in ((password_file, secret), (ota_file, ota_secret)):
+        info = path.stat()
+        expect(path.read_text() == value, f"{path} does not hold the password set")
+        expect(
+            (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600),
+            f"{path}: uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}",
+        )
     for folder in (STATE_DIR, CACHE_DIR):
         for path in folder.rglob("*"):
             mode = stat.S_IMODE(path.lstat().st_mode)
@@ -1136,39 +1156,46 @@ def check_secret_at_rest(setup: Setup, secret: str) -> None:
             )
             if path.is_file() and path != password_file:
                 expect(secret.encode() not in path.read_bytes(), f"{path} holds the WiFi password")
+            if path.is_file() and path != ota_file:
+                expect(ota_secret.encode() not in path.read_bytes(), f"{path} holds the OTA password")
     passed(
-        f"{password_file} is root's, 0600; every file in {STATE_DIR} and {CACHE_DIR} is root's with no "
-        "group or other bits; the password is in no other file there"
+        f"{password_file} and {ota_file} are root's, 0600; every file in {STATE_DIR} and {CACHE_DIR} is "
+        "root's with no group or other bits; neither password is in another file there"
     )
     places = [str(STATE_DIR), str(CACHE_DIR), str(CONFIG_DIR), str(setup.folder), "/tmp", "/run"]
     found = client(READER, "files", *places, stdin=secret)
     expect(not found["secret_in"], f"{READER} can read the WiFi password in {found['secret_in']}")
+    found_ota = client(READER, "files", *places, stdin=ota_secret)
+    expect(not found_ota["secret_in"], f"{READER} can read the OTA password in {found_ota['secret_in']}")
     expect(str(STATE_DIR) in found["denied"], f"{READER} can list {STATE_DIR}")
     passed(
         f"{READER} reads {len(found['readable'])} files under {', '.join(places)}: none holds the WiFi "
-        f"password; {STATE_DIR} is closed to it"
+        f"or OTA password; {STATE_DIR} is closed to it"
     )
     assert setup.daemon is not None
     for name in ("cmdline", "environ"):
         data = Path(f"/proc/{setup.daemon.pid}/{name}").read_bytes()
         expect(secret.encode() not in data, f"the daemon's {name} holds the WiFi password")
-    passed("the password is in neither the daemon's command line nor its environment")
+        expect(ota_secret.encode() not in data, f"the daemon's {name} holds the OTA password")
+    passed("neither password is in the daemon's command line or its environment")
 
 
-def check_logs(setup: Setup, secret: str) -> None:
+def check_logs(setup: Setup, secret: str, ota_secret: str) -> None:
     stderr = (setup.folder / "uc2otad.stderr").read_bytes()
     expect(secret.encode() not in stderr, "the daemon's stderr holds the WiFi password")
+    expect(ota_secret.encode() not in stderr, "the daemon's stderr holds the OTA password")
     if setup.journal is not None:
         entries = setup.journal.entries
         expect(bool(entries), "the daemon sent nothing to the journal socket")
         expect(secret.encode() not in setup.journal.raw, "a journal entry holds the WiFi password")
+        expect(ota_secret.encode() not in setup.journal.raw, "a journal entry holds the OTA password")
         board = [entry for entry in entries if entry.get("UC2_CAN_ID") == str(CAN_ID)]
         expect(bool(board), f"no journal entry has UC2_CAN_ID={CAN_ID}")
         expect(all(entry.get("SYSLOG_IDENTIFIER") == "uc2otad" for entry in entries), "SYSLOG_IDENTIFIER")
         fields = sorted({key for entry in board for key in entry if key.startswith("UC2_")})
         passed(
             f"journal (debug level): {len(entries)} entries, {len(board)} with UC2_CAN_ID={CAN_ID} "
-            f"(fields {', '.join(fields)}); none holds the WiFi password"
+            f"(fields {', '.join(fields)}); none holds the WiFi or OTA password"
         )
     else:
         assert setup.daemon is not None
@@ -1176,7 +1203,8 @@ def check_logs(setup: Setup, secret: str) -> None:
             ["journalctl", "--output=export", f"_PID={setup.daemon.pid}"], capture_output=True, check=False
         ).stdout
         expect(secret.encode() not in journal, "the journal holds the WiFi password")
-        passed("journald's entries of the daemon: none holds the WiFi password")
+        expect(ota_secret.encode() not in journal, "the journal holds the OTA password")
+        passed("journald's entries of the daemon: none holds the WiFi or OTA password")
 
 
 def check_all(setup: Setup, args: argparse.Namespace) -> None:
@@ -1186,28 +1214,29 @@ def check_all(setup: Setup, args: argparse.Namespace) -> None:
     check_policy_covers_interface()
     setup.users += [ensure_user(READER, []), ensure_user(OPERATOR, [GROUP])]
     secret = secrets.token_urlsafe(24)
+    ota_secret = secrets.token_urlsafe(24)  # board 11's ArduinoOTA password (SetOTAPassword)
     if not JOURNAL_SOCKET.exists():
         setup.journal = JournalCapture(JOURNAL_SOCKET, setup.folder / "journal.log")
     start_bus(setup)
     ota_port = free_udp_port()
-    microscope = start_microscope(setup, args, secret, ota_port)
+    microscope = start_microscope(setup, args, secret, ota_port, ota_secret)
     start_daemon(setup, microscope, ota_port, args.esptool)
     passed(
         "the installed uc2otad owns org.openuc2.OTA1 on a system bus with the installed policy; "
         "READY=1 and WATCHDOG=1 arrived"
     )
-    check_reader(secret)
-    check_operator(setup, secret)
+    check_reader(secret, ota_secret)
+    check_operator(setup, secret, ota_secret)
     check_flash_master(microscope, args.esptool)
     check_scheduled_update()
-    check_reader(secret)  # again, now that a password is stored and a board was updated
-    check_secret_at_rest(setup, secret)
+    check_reader(secret, ota_secret)  # again, now that the passwords are stored and a board was updated
+    check_secret_at_rest(setup, secret, ota_secret)
     check_read_burst(setup)
     status = stop_daemon(setup)
     expect(status == 0, f"uc2otad exited {status} on SIGTERM")
     expect(any("STOPPING=1" in message.split("\n") for message in setup.notifications), "no STOPPING=1")
     passed("uc2otad sent STOPPING=1 and exited 0 on SIGTERM")
-    check_logs(setup, secret)
+    check_logs(setup, secret, ota_secret)
 
 
 class TerminatedError(Exception):

@@ -53,6 +53,8 @@ MAX_TIMEOUT_MS = 3_600_000
 #: FlashMaster's options and their D-Bus types (CONTRACT.md §4); values are checked by the engine
 FLASH_OPTIONS = {"port": "s", "match": "s", "baud": "u", "flash_offset": "u", "erase_flash": "b",
                  "reconnect_after": "b", "firmware": "s", "chip": "s"}  # fmt: skip
+#: ClearFirmwareCacheWithOptions' options (issue 20: the images kept for a rollback stay unless asked)
+CLEAR_OPTIONS = {"include_known_good": "b"}
 #: seconds between the boards of a batch, and boards at once (CONTRACT.md §1)
 MAX_DELAY_BETWEEN = 600
 MAX_PARALLEL = 8
@@ -119,6 +121,13 @@ class OTA1Interface(ServiceInterface):
     async def clear_firmware_cache(self) -> None:
         await self._engine.clear_firmware_cache()
 
+    @method(name="ClearFirmwareCacheWithOptions")
+    @dbus_types("a{sv}", returns="a{sv}")
+    @translated
+    async def clear_firmware_cache_with_options(self, options: VariantDict) -> VariantDict:
+        everything = bool(read_options(options, CLEAR_OPTIONS).get("include_known_good"))
+        return to_variant_dict(await self._engine.clear_firmware_cache(include_known_good=everything))
+
     # ---- updates ----------------------------------------------------------------------------------------
 
     @method(name="StartOTA")
@@ -145,6 +154,12 @@ class OTA1Interface(ServiceInterface):
             list(can_ids), values, parallel=parallel, delay_between=delay_between
         )
         return to_variant_dict(started)
+
+    @method(name="Rollback")
+    @dbus_types("u", returns="a{sv}")
+    @translated
+    async def rollback(self, can_id: int) -> VariantDict:
+        return to_variant_dict(await self._engine.rollback(check_can_id(can_id)))
 
     @method(name="Cancel")
     @dbus_types("u")
@@ -174,6 +189,12 @@ class OTA1Interface(ServiceInterface):
     async def set_wifi_credentials(self, ssid: str, password: str) -> None:
         check_length("password", password, MAX_PASSWORD_BYTES, in_bytes=True)
         await self._engine.set_wifi_credentials(check_ssid(ssid), password)
+
+    @method(name="SetOTAPassword")
+    @dbus_types("s")
+    @translated
+    async def set_ota_password(self, password: str) -> None:
+        await self._engine.set_ota_password(password)  # checked there: the message never quotes it
 
     # ---- inhibit ------------------------------------------------------------------------------------
 

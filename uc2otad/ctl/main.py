@@ -3,7 +3,7 @@
 Every command has ``--json``: one JSON document on stdout, errors too (``{"error": {…}}``). Exit codes
 are the contract's (CONTRACT.md §5): 0 success, 1 failure, 2 nothing to do, 3 not found, 4 not
 permitted, 5 daemon not reachable, 64 usage error. Secrets never travel in argv: the WiFi password
-comes from a prompt, standard input or ``--password-file``.
+and the OTA password come from a prompt, standard input or ``--password-file``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import BusType
+from dbus_fast import BusType, Variant
 
 from uc2otad.cli import UsageErrorParser
+from uc2otad.ctl import rollback as rollback_commands
 from uc2otad.ctl import update as update_commands
 from uc2otad.ctl import usb as usb_commands
 from uc2otad.ctl.check import check
@@ -27,7 +28,7 @@ from uc2otad.ctl.client import EXIT_OK, EXIT_USAGE, CtlError, DaemonClient
 from uc2otad.ctl.interrupts import interrupts as _interrupts
 from uc2otad.ctl.interrupts import until as _until
 from uc2otad.ctl.output import Outcome, print_json, table
-from uc2otad.ctl.password import read_password
+from uc2otad.ctl.password import OTA_PROMPT, read_password
 from uc2otad.ctl.progress import status_line
 
 Command = Callable[[DaemonClient, argparse.Namespace], Awaitable[Any]]
@@ -103,11 +104,25 @@ async def set_wifi(client: DaemonClient, args: argparse.Namespace) -> Any:
     return {"ssid": args.ssid, "password_set": bool(password)}
 
 
-async def clear_cache(client: DaemonClient, args: argparse.Namespace) -> Any:
-    await client.call("ClearFirmwareCache")
+async def set_ota_password(client: DaemonClient, args: argparse.Namespace) -> Any:
+    password = read_password(args.password_file, prompt=OTA_PROMPT)
+    await client.call("SetOTAPassword", "s", password)
     if not args.json:
-        print("firmware cache cleared")
-    return {"cleared": True}
+        print("OTA password stored" if password else "OTA password cleared")
+    return {"password_set": bool(password)}
+
+
+async def clear_cache(client: DaemonClient, args: argparse.Namespace) -> Any:
+    options = {"include_known_good": Variant("b", True)} if args.include_known_good else {}
+    (cleared,) = await client.call("ClearFirmwareCacheWithOptions", "a{sv}", options)
+    if not args.json:
+        kept, gone = cleared.get("known_good_kept", 0), cleared.get("known_good_deleted", 0)
+        print(
+            f"firmware cache cleared: {cleared.get('deleted', 0)} images deleted"
+            + (f", and {gone} kept for rollbacks" if args.include_known_good else "")
+            + (f"; {kept} kept for rollbacks (--include-known-good deletes them)" if kept else "")
+        )
+    return {"cleared": True, **cleared}
 
 
 async def inhibit(client: DaemonClient, args: argparse.Namespace) -> Any:
@@ -188,7 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wifi.add_argument("ssid")
     wifi.add_argument("--password-file", type=Path, help="read the password from this file")
-    add("clear-cache", clear_cache, "delete the cached firmware images")
+    add(
+        "set-ota-password",
+        set_ota_password,
+        "store the boards' ArduinoOTA password for the WiFi method; empty clears it (never on argv)",
+    ).add_argument("--password-file", type=Path, help="read the password from this file")
+    add("clear-cache", clear_cache, "delete the cached firmware images").add_argument(
+        "--include-known-good",
+        action="store_true",
+        help="also the images kept for a rollback (each board's last two verified ones)",
+    )
+    rollback_commands.add_arguments(
+        add("rollback", rollback_commands.rollback, "put a board's earlier firmware back, showing progress")
+    )
     hold = add("inhibit", inhibit, "hold off updates until Ctrl-C (or --for seconds)")
     hold.add_argument("reason")
     hold.add_argument("--for", dest="seconds", type=float, help="release after this many seconds")

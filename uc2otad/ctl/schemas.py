@@ -147,7 +147,37 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "properties": {"ssid": {"type": "string"}, "password_set": {"type": "boolean"}},
     },
-    "clear-cache": {"type": "object", "required": ["cleared"]},
+    "set-ota-password": {
+        "type": "object",
+        "required": ["password_set"],
+        "additionalProperties": False,
+        "properties": {"password_set": {"type": "boolean"}},
+    },
+    "clear-cache": {
+        "type": "object",
+        "required": ["cleared", "deleted", "known_good_deleted", "known_good_kept"],
+        "properties": {
+            "cleared": {"const": True},
+            "deleted": {"type": "integer", "minimum": 0},
+            "known_good_deleted": {"type": "integer", "minimum": 0},
+            "known_good_kept": {"type": "integer", "minimum": 0},
+        },
+    },
+    # a slave's rollback: the image put back and how its job ended (the master's: as flash-master)
+    "rollback": {
+        "type": "object",
+        "required": ["can_id", "result", "exit_code", "firmware", "sha256", "board"],
+        "properties": {
+            "can_id": {"type": "integer", "minimum": 2, "maximum": 127},
+            "result": {"enum": UPDATE_RESULTS},
+            "exit_code": {"type": "integer"},
+            "firmware": {"type": "string"},
+            "firmware_version": {"type": "string"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "job_id": {"type": "string"},
+            "board": BOARD_UPDATE,
+        },
+    },
     "inhibit": {"type": "object", "required": ["inhibited", "released"]},
     "update": {
         "type": "object",
@@ -217,3 +247,5 @@ COMMANDS: dict[str, dict[str, Any]] = {
         },
     },
 }
+#: the master's rollback is a USB flash: its document is the final USB flash status, as flash-master's
+COMMANDS["rollback"] = {"anyOf": [COMMANDS["rollback"], COMMANDS["flash-master"]]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
@@ -46,6 +47,20 @@ async def ports(client: DaemonClient, args: argparse.Namespace) -> Any:
 
 
 async def flash_master(client: DaemonClient, args: argparse.Namespace) -> Any:
+    async def start() -> dict[str, Any]:
+        (started,) = await client.call("FlashMaster", "a{sv}", _options(args))
+        if not args.json:
+            print(f"flashing the master CAN HAT over USB (port {started.get('port') or 'auto'})", flush=True)
+        return dict(started)
+
+    return await follow_flash(client, args, start)
+
+
+async def follow_flash(
+    client: DaemonClient, args: argparse.Namespace, start: Callable[[], Awaitable[dict[str, Any]]]
+) -> Outcome:
+    """Call ``start`` (a call that starts a USB flash of the master: FlashMaster, Rollback of CAN 1)
+    having subscribed first, and follow the flash to its end; the final status is the outcome."""
     statuses: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     daemon_gone = asyncio.Event()
 
@@ -62,11 +77,7 @@ async def flash_master(client: DaemonClient, args: argparse.Namespace) -> Any:
         with interrupts() as interrupted:
             await client.add_match(USB_FLASH_SIGNALS)
             await client.add_match(DAEMON_OWNER_CHANGES)
-            (started,) = await client.call("FlashMaster", "a{sv}", _options(args))
-            if not args.json:
-                print(
-                    f"flashing the master CAN HAT over USB (port {started.get('port') or 'auto'})", flush=True
-                )
+            await start()
             final = await _follow(client, statuses, interrupted, daemon_gone, show=not args.json)
     finally:
         client.bus.remove_message_handler(on_message)

@@ -11,6 +11,7 @@ Nothing here knows D-Bus.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import secrets as token
@@ -43,8 +44,17 @@ from uc2otad.engine.events import (
 from uc2otad.engine.inhibit import Inhibitors
 from uc2otad.engine.jobs import JobContext, JobManager
 from uc2otad.engine.master import MasterConnection, link_factory
-from uc2otad.engine.planning import Plan, Planner, check_can_id, wifi_credentials
+from uc2otad.engine.planning import Plan, Planner, Route, check_can_id, wifi_credentials
 from uc2otad.engine.reconcile import ask_the_boards, provable
+from uc2otad.engine.rollback import (
+    REQUESTED,
+    UNHEALTHY,
+    LastKnownGood,
+    RollbackReason,
+    cached_of,
+    record_of,
+    slave_image,
+)
 from uc2otad.engine.scanning import scan_boards, scan_devices
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.engine.usb import MasterFlashing
@@ -55,9 +65,11 @@ from uc2otad.errors import (
     JobError,
     LinkClosedError,
     Uc2otadError,
+    UnhealthyError,
 )
-from uc2otad.firmware.cache import FirmwareCache
+from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID
+from uc2otad.firmware.known_good import KnownGoodImages, KnownGoodRecord
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer, normalize_server_url
 from uc2otad.methods.base import WifiCredentials
@@ -110,6 +122,11 @@ def _dry_run_message(entries: list[PlanEntry]) -> str:
     return f"dry run: {len(acting)} of {len(entries)} boards would be updated; nothing was started"
 
 
+def _without_none(reply: dict[str, Any]) -> dict[str, Any]:
+    """D-Bus has no null: unknown values are left out."""
+    return {key: value for key, value in reply.items() if value is not None}
+
+
 def repository_for(firmware: FirmwareSettings, server_url: str) -> FirmwareRepository:
     return FirmwareRepository(
         FirmwareServer(server_url, settings=firmware.http), FirmwareCache(firmware.cache_dir), firmware.images
@@ -148,8 +165,14 @@ class Engine:
             if config.can_link is not None
             else None
         )
+        #: the images boards ran after their verified updates, for Rollback (issue 20)
+        self.known_good = LastKnownGood(self.store, KnownGoodImages(self.repository.cache.directory))
         self.jobs = JobManager(
-            self.store, self._publish_status, inhibited=lambda: self.inhibitors.held, retry=config.retry
+            self.store,
+            self._publish_status,
+            inhibited=lambda: self.inhibitors.held,
+            retry=config.retry,
+            on_success=self._keep_image,
         )
         self.jobs.on_change(self._jobs_changed)
         self.planner = Planner(
@@ -172,10 +195,15 @@ class Engine:
             repository=lambda: self.repository,
             jobs=self.jobs,
             inhibitors=self.inhibitors,
+            store=self.store,
+            on_success=self._keep_master_image,
         )
         self._progress = OverallProgress()
-        #: batches' master flashes waiting for their slaves (``include_master``)
+        #: batches' master flashes waiting for their slaves (``include_master``), and the checks after
+        #: updates (``update.rollback_on_unhealthy``)
         self._after_batches: set[asyncio.Task[None]] = set()
+        #: images being kept for a rollback (:meth:`_keep_image`): finished, not cancelled, at stop
+        self._keeping: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[JobRecord]:
         """Open the store (closing what a crash left running) and the cache, start on the master, and
@@ -184,6 +212,7 @@ class Engine:
         :returns: the jobs a crash had left running, now ``interrupted``
         """
         interrupted = await self.store.open()
+        self.usb.restore()  # the last flash's status, kept by the store (it exists only now)
         await self.repository.cache.open()
         if self.direct is not None:
             await self.direct.start()
@@ -214,6 +243,8 @@ class Engine:
         if self.master is not None:
             self.master.leave()  # a stream stopped now does not wait for the master (issue 15, D9)
         await self.jobs.stop()  # their rows stay "running": reconciled at the next start
+        if self._keeping:
+            await asyncio.wait(self._keeping)  # a second or so: the image is on disk before we go
         if self.master is not None:
             await self.master.stop()
         if self.direct is not None:
@@ -261,9 +292,19 @@ class Engine:
         catalog = await self.repository.catalog()
         return catalog.as_document()
 
-    async def clear_firmware_cache(self) -> int:
-        """:raises CacheBusyError: an update reads the cache"""
-        return await self.repository.cache.clear()
+    async def clear_firmware_cache(self, *, include_known_good: bool = False) -> dict[str, int]:
+        """Delete the cached images; the images kept for a rollback too with ``include_known_good``.
+
+        :raises CacheBusyError: an update reads the cache
+        """
+        deleted = await self.repository.cache.clear()
+        images = self.known_good.images  # the cache's folder: SetFirmwareServer does not move it
+        known_good = await images.clear() if include_known_good else 0
+        return {
+            "deleted": deleted,
+            "known_good_deleted": known_good,
+            "known_good_kept": len(await images.kept()),
+        }
 
     async def set_firmware_server(self, url: str) -> None:
         """Use ``url`` from now on and persist it.
@@ -450,6 +491,101 @@ class Engine:
         self._after_batches.add(task)
         task.add_done_callback(self._after_batches.discard)
 
+    # ---- rollback (issue 20) --------------------------------------------------------------------------
+
+    async def rollback(self, can_id: int, *, reason: RollbackReason = REQUESTED) -> dict[str, Any]:
+        """Put back the image board ``can_id`` ran before its current one (:mod:`.rollback`), by the
+        board's method (the master over USB), verified like any update; returns once the job is
+        accepted, as StartOTA does. The history row says ``rollback`` (``reason``).
+
+        :raises NoRollbackImageError: no earlier image of the board is kept
+        :raises InvalidArgumentError, InhibitedError, JobBusyError, LinkError: as :meth:`start_ota`
+        """
+        kept = await self.known_good.previous(check_can_id(can_id))
+        record = kept.record
+        reply = {"status": "success", "can_id": can_id, "firmware": record.name, "sha256": record.sha256,
+                 "firmware_version": record.version}  # fmt: skip
+        message = (
+            f"rollback of device {can_id} to {record.name} ({record.version or record.sha256[:12]}) initiated"
+        )
+        if can_id == MASTER_CAN_ID:
+            # where the image it replaces went, if that flash went well; else the flash's own rule
+            last = self.usb.current()
+            port = str(last.get("port", "")) if last.get("status") == "success" else ""
+            started = self.usb.flash_master({"port": port}, image=cached_of(kept), rollback=reason)
+            return _without_none({**reply, "message": message, "job_id": started.get("job_id")})
+        options: dict[str, Any] = {"force": True, "allow_downgrade": True}
+        if reason == UNHEALTHY:  # the counters that climbed are why it goes back: they must not stop it
+            options["skip_checks"] = ["errors"]
+        image = await asyncio.to_thread(slave_image, can_id, kept)
+        plan = await self.planner.plan([can_id], options, pinned={can_id: image})
+        job = self._start_job(plan, can_id, rollback=reason)
+        response = await job.acceptance() if plan.routes[can_id].method.acknowledged_by_master else {}
+        _LOGGER.info(
+            "engine: board %d rollback started reason=%s image=%s sha256=%s", can_id, reason, record.name,
+            record.sha256, extra={"UC2_CAN_ID": can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "started"},
+        )  # fmt: skip
+        return _without_none({**reply, "message": message, "job_id": job.job_id,
+                              "command_response": dict(response)})  # fmt: skip
+
+    async def _keep_image(self, job: JobContext) -> None:
+        """A slave's job succeeded: keep its image for a later rollback (never raises)."""
+        image = job.image
+        if image is not None:
+            source = None if image.resolved.source == "known_good" else self.repository.server.url
+            self._keep(job.can_id, record_of(image, image.version, source), image.data)
+
+    async def _keep_master_image(self, image: CachedImage, version: str | None) -> None:
+        """The master was flashed: keep its image for a later rollback (never raises)."""
+        source = None if image.verified_by == "known_good" else self.repository.server.url
+        self._keep(MASTER_CAN_ID, record_of(image, version, source), image.data)
+
+    def _keep(self, can_id: int, record: KnownGoodRecord, data: bytes) -> None:
+        """Keep an image beside the job rather than in it, so that the board is free again as soon as
+        its success is published (the next update does not find it busy)."""
+        keeping = self.known_good.remember(can_id, record, data)
+        task = asyncio.create_task(keeping, name=f"keep the image of board {can_id}")
+        self._keeping.add(task)
+        task.add_done_callback(self._keeping.discard)
+
+    def _check_after(self, job: JobContext, route: Route) -> None:
+        """With ``update.rollback_on_unhealthy``: once the job has ended well, run the checks before an
+        update again (the node answers, the bus is running, its error counters below the limit); when
+        one fails, put the board's earlier image back. A failed job, its verification's included, is
+        never rolled back: the board still runs the image it had."""
+
+        async def check() -> None:
+            await self.jobs.wait(job.can_id)
+            status = self.store.get_status(job.can_id) or {}
+            if status.get("job_id") != job.job_id or status.get("status") != "success":
+                return
+            try:
+                await self.planner.check_board(job.can_id, route, frozenset())
+                return
+            except UnhealthyError as err:
+                problem = str(err)
+            except Uc2otadError as err:  # the link could not be asked: nothing proves the board unwell
+                _LOGGER.warning(
+                    "engine: board %d: the check after its update could not run: %s", job.can_id, err
+                )
+                return
+            _LOGGER.warning(
+                "engine: board %d is unhealthy after its update (%s); putting its earlier image back",
+                job.can_id, problem,
+                extra={"UC2_CAN_ID": job.can_id, "UC2_JOB_ID": job.job_id, "UC2_PHASE": "unhealthy"},
+            )  # fmt: skip
+            try:
+                await self.rollback(job.can_id, reason=UNHEALTHY)
+            except Uc2otadError as err:
+                _LOGGER.error(
+                    "engine: board %d: the rollback after an unhealthy update did not start: %s",
+                    job.can_id, err, extra={"UC2_CAN_ID": job.can_id, "UC2_PHASE": "failed"},
+                )  # fmt: skip
+
+        task = asyncio.create_task(check(), name=f"check board {job.can_id} after its update")
+        self._after_batches.add(task)
+        task.add_done_callback(self._after_batches.discard)
+
     def _check_can_start(self, can_ids: list[int]) -> None:
         if self.inhibitors.held:
             raise InhibitedError("updates are inhibited; see the Inhibited property")
@@ -478,6 +614,8 @@ class Engine:
             **fields,
         )
         self._progress.add(job.job_id)
+        if self.config.health.rollback_on_unhealthy and "rollback" not in fields:
+            self._check_after(job, route)
         _LOGGER.info(
             "engine: board %d update started method=%s link=%s image=%s",
             can_id, route.method.name, route.link, image.name,
@@ -510,8 +648,26 @@ class Engine:
     async def wifi_password(self) -> str:
         return await asyncio.to_thread(secrets.read_password, self.state_dir)
 
+    async def set_ota_password(self, password: str) -> None:
+        """Store the ArduinoOTA password the WiFi method answers a board's challenge with, only in its
+        0600 file; "" clears it. Logged as "set" or "cleared", never itself.
+
+        :raises ConfigError: not empty and not 1..64 bytes, or with control characters
+        """
+        secrets.check_ota_password(password)
+        async with self._settings_lock:
+            await asyncio.to_thread(secrets.write_ota_password, self.state_dir, password)
+        _LOGGER.info("engine: OTA password %s", "set" if password else "cleared")
+
+    async def ota_password(self) -> str:
+        """The stored OTA password; "" when none is stored."""
+        return await asyncio.to_thread(secrets.read_ota_password, self.state_dir)
+
     async def _wifi_credentials(self, options: Mapping[str, Any]) -> WifiCredentials:
-        return await wifi_credentials(options, self.properties.wifi_ssid, self.wifi_password)
+        """The call's WiFi credentials with the stored OTA password, read now: a job planned after
+        SetOTAPassword uses the new one."""
+        credentials = await wifi_credentials(options, self.properties.wifi_ssid, self.wifi_password)
+        return dataclasses.replace(credentials, ota_password=await self.ota_password() or None)
 
     async def _persist(self, values: Mapping[str, object]) -> None:
         await asyncio.to_thread(self.config.saved.save, values)

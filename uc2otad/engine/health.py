@@ -45,6 +45,10 @@ OPERATIONAL = "OPERATIONAL"
 class HealthSettings:
     #: ``update.max_bus_errors``: an error counter at or above this refuses an update
     max_bus_errors: int = MAX_BUS_ERRORS
+    #: ``update.rollback_on_unhealthy``: after a verified update, run the checks again (the node
+    #: answers, the error counters stayed below the limit) and put the board's earlier image back when
+    #: one fails (:mod:`.rollback`)
+    rollback_on_unhealthy: bool = False
 
 
 def skipped_checks(names: Iterable[str]) -> frozenset[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -139,8 +139,13 @@ class JobManager:
         inhibited: Callable[[], bool],
         retry: RetryPolicy = RETRY_POLICY,
         history_timeout: float = HISTORY_TIMEOUT,
+        on_success: Callable[[JobContext], Awaitable[None]] | None = None,
     ) -> None:
-        """:param publish: keep, signal and persist a board's status dict (it must not wait)"""
+        """
+        :param publish: keep, signal and persist a board's status dict (it must not wait)
+        :param on_success: awaited once a job's row says success, while the job still holds the board
+            (the engine keeps the image for a rollback); it must be quick and must not raise
+        """
         self._store = store
         self._publish = publish
         self._inhibited = inhibited
@@ -148,6 +153,7 @@ class JobManager:
         self.history_timeout = history_timeout
         self._running: dict[int, _Running] = {}
         self._on_change: list[Callable[[], None]] = []
+        self._on_success = on_success
         self._stopping = False
 
     @property
@@ -251,6 +257,7 @@ class JobManager:
             batch_id=known.get("batch_id"),
             firmware=known.get("firmware"),
             previous_version=known.get("previous_version"),
+            rollback=known.get("rollback"),
         )
         try:
             if queued:
@@ -335,6 +342,8 @@ class JobManager:
             error = await self._attempt(job, method)
             if error is None:
                 self._finish(job, attempt)
+                if self._on_success is not None:
+                    await self._on_success(job)
                 return None
             code = error.error_code or ErrorCode.FAILED
             delay = next(delays, None) if code.transient and not job.is_committed else None

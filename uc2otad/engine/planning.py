@@ -66,6 +66,8 @@ class Plan:
     states: Mapping[int, UpdateState] = field(default_factory=dict)
     #: the checks before an update the call skips (``skip_checks``, :mod:`.health`)
     skip_checks: frozenset[str] = frozenset()
+    #: the boards whose image is given, not the server's: a rollback's kept image (:mod:`.rollback`)
+    pinned: Mapping[int, VerifiedImage] = field(default_factory=dict)
 
     @property
     def parallel(self) -> bool:
@@ -115,8 +117,16 @@ class Planner:
         self._installed = installed or _nothing_installed
         self._health = health or HealthSettings()
 
-    async def plan(self, can_ids: list[int], options: Mapping[str, Any]) -> Plan:
+    async def plan(
+        self,
+        can_ids: list[int],
+        options: Mapping[str, Any],
+        *,
+        pinned: Mapping[int, VerifiedImage] | None = None,
+    ) -> Plan:
         """What updating ``can_ids`` takes, checked before any board is touched.
+
+        :param pinned: the image of some boards, given (a rollback): no server is asked for them
 
         Which boards are due is :func:`.checking.due` of each board's state: one that runs the offered
         release is left out unless ``force``; one that runs a newer build (a developer's) unless
@@ -137,8 +147,12 @@ class Planner:
         if self._master is None and self._direct is None:
             raise LinkClosedError("no serial port configured for the master CAN HAT (serial.port)", port="")
         self._check_can_start(can_ids)
-        catalog = await self._repository().catalog()
-        images = {can_id: catalog.resolve(can_id, name=options.get("firmware")) for can_id in can_ids}
+        pinned = pinned or {}
+        images = {can_id: image.resolved for can_id, image in pinned.items() if can_id in can_ids}
+        if len(images) < len(can_ids):
+            catalog = await self._repository().catalog()
+            for can_id in can_ids:
+                images.setdefault(can_id, catalog.resolve(can_id, name=options.get("firmware")))
         asked_method, asked_link = options.get("method", "auto"), options.get("link", "auto")
         routes = await self._direct_routes(can_ids, asked_method, asked_link)
         rest = [can_id for can_id in can_ids if can_id not in routes]
@@ -173,6 +187,7 @@ class Planner:
             },
             states=states,
             skip_checks=skip,
+            pinned=pinned,
         )
 
     async def _check_health(self, routes: Mapping[int, Route], skip: frozenset[str]) -> None:
@@ -250,9 +265,10 @@ class Planner:
         """
         route = plan.routes[can_id]
         repository, name = self._repository(), plan.images[can_id].name
+        pinned = plan.pinned.get(can_id)
 
-        def obtain() -> Awaitable[VerifiedImage]:
-            return repository.obtain(can_id, name=name)
+        async def obtain() -> VerifiedImage:
+            return pinned if pinned is not None else await repository.obtain(can_id, name=name)
 
         planned = PlannedJob(
             can_id=can_id,
@@ -266,10 +282,11 @@ class Planner:
         method = route.method.prepare(planned)
         if not recheck:
             return method
-        return Rechecked(method, lambda: self._recheck(can_id, route, plan.skip_checks))
+        return Rechecked(method, lambda: self.check_board(can_id, route, plan.skip_checks))
 
-    async def _recheck(self, can_id: int, route: Route, skip: frozenset[str]) -> None:
-        """The checks of :mod:`.health` for one board at its turn, on a fresh scan of its link.
+    async def check_board(self, can_id: int, route: Route, skip: frozenset[str]) -> None:
+        """The checks of :mod:`.health` for one board, on a fresh scan of its link: at a batch board's
+        turn, and after an update with ``update.rollback_on_unhealthy``.
 
         :raises UnhealthyError: a check failed (the job ends ``unhealthy``, nothing sent to the board)
         """

@@ -45,9 +45,15 @@ CONFIRMED_MESSAGE = (
 
 def provable(job: JobRecord) -> bool:
     """A scan can show that the job's board runs its image: the job knew the release it installs, a
-    release string a board reports, and the board reported another one before."""
+    release string a board reports, and the board reported another one before.
+
+    Not a USB flash of the master (``method`` "usb"): its status is not a board status but the USB
+    flash status, which stays ``interrupted`` (a partial write can leave a board that boots the old app).
+    """
     target = job.firmware_version
-    return is_release_string(target) and not same_release(job.previous_version, target)
+    return (
+        job.method != "usb" and is_release_string(target) and not same_release(job.previous_version, target)
+    )
 
 
 async def confirm_finished(

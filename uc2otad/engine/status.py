@@ -62,6 +62,8 @@ ERROR_ROWS: Mapping[str, str] = {  # by ErrorCode
     ErrorCode.DISK_FULL: "Disk full: no room for the firmware cache on its disk. "
     "Free space or clear the cache",
     ErrorCode.UPLOAD_CONNECTION_FAILED: "Upload failed: device busy or low memory. Restart device, retry",
+    ErrorCode.OTA_AUTH_FAILED: "ArduinoOTA authentication failed: the board refused the OTA password "
+    "or none is stored. Set the board's OTA password: uc2otactl set-ota-password",
     ErrorCode.UPLOAD_TIMEOUT: "Upload timeout: network instability. Retry update",
     ErrorCode.VERIFICATION_FAILED: "Verification failed: the board rejected the image. Clear cache, retry",
     ErrorCode.MASTER_ERROR: "Upload failed: the master reported an error. Retry update",

@@ -100,6 +100,9 @@ class StatusStore:
         #: of each history row, in the order the jobs began
         self._unwritten_status: dict[int, tuple[str, str]] = {}
         self._unwritten_jobs: dict[str, JobRecord] = {}
+        #: the master's last USB flash status (issue 20), and its newest version the file lacks
+        self._usb_status: dict[str, Any] | None = None
+        self._unwritten_usb: tuple[str, str] | None = None
         #: changes are numbered as they come; every change up to ``_written`` is in the file
         self._queued = 0
         self._written = 0
@@ -130,6 +133,7 @@ class StatusStore:
         )
         self._connection = opened.connection
         self._status = opened.statuses
+        self._usb_status = opened.usb_status
         interrupted = opened.interrupted
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"{self} writer")
         return interrupted
@@ -171,6 +175,19 @@ class StatusStore:
         self._status[can_id] = kept
         self._queued_change()
 
+    def usb_status(self) -> dict[str, Any] | None:
+        """The master's last USB flash status (as kept by a daemon before, if none since); None if
+        none was ever kept. One a crash left under way reads "failed", ``interrupted`` (:meth:`open`)."""
+        return None if self._usb_status is None else dict(self._usb_status)
+
+    def put_usb_status(self, status: Mapping[str, Any]) -> None:
+        """Replace the master's USB flash status: in memory at once, in the file as soon as it can be
+        (written behind, as a board's status: a flash never waits for the disk)."""
+        kept = dict(status)
+        self._unwritten_usb = (json.dumps(kept, sort_keys=True), timestamps.now())
+        self._usb_status = kept
+        self._queued_change()
+
     # ---- history ------------------------------------------------------------------------------------
 
     async def begin_job(self, job: JobRecord) -> JobRecord:
@@ -186,15 +203,22 @@ class StatusStore:
         await self._until_written(self._queued_row(record))
         return record
 
-    def note_image(self, job_id: str, *, firmware_version: str | None, sha256: str) -> None:
+    def note_image(
+        self, job_id: str, *, firmware_version: str | None, sha256: str, firmware: str | None = None
+    ) -> None:
         """The running job has its image: the row keeps the release it installs and its sha256, so that
         a crash from now on can be reconciled by asking the board (:mod:`uc2otad.engine.reconcile`).
-        In memory at once, in the file as soon as it can be (before the transfer, in practice)."""
+        In memory at once, in the file as soon as it can be (before the transfer, in practice).
+
+        :param firmware: the image's name, when the row was begun before it was known (a USB flash of
+            the master begins its row first thing); None keeps the row's
+        """
         running = self._running.get(job_id)
         if running is None:
             return
         version = firmware_version or running.firmware_version
-        record = replace(running, firmware_version=version, sha256=sha256)
+        name = firmware or running.firmware
+        record = replace(running, firmware_version=version, sha256=sha256, firmware=name)
         self._running[job_id] = record
         self._queued_row(record)
 
@@ -274,11 +298,14 @@ class StatusStore:
             upto = self._queued
             statuses = dict(self._unwritten_status)
             jobs = dict(self._unwritten_jobs)
-            if statuses or jobs:
+            usb = self._unwritten_usb
+            if statuses or jobs or usb is not None:
                 tried = time.monotonic()
                 try:
                     await self._run(
-                        functools.partial(write_rows, statuses=statuses, jobs=list(jobs.values()))
+                        functools.partial(
+                            write_rows, statuses=statuses, jobs=list(jobs.values()), usb_status=usb
+                        )
                     )
                 except Exception as err:  # the writer outlives every failure, and says so
                     self._failed(err, tried, len(statuses), len(jobs), delay)
@@ -295,6 +322,8 @@ class StatusStore:
                 for job_id, row in jobs.items():
                     if self._unwritten_jobs.get(job_id) is row:
                         del self._unwritten_jobs[job_id]
+                if self._unwritten_usb is usb:
+                    self._unwritten_usb = None
                 self._recovered(len(statuses), len(jobs))
                 delay = self.retry_delay
             async with self._written_changed:

@@ -18,6 +18,7 @@ from typing import Any
 
 from uc2otad import timestamps
 from uc2otad.errors import StoreError
+from uc2otad.methods.usb.status import interrupted_status
 
 #: the store's logger: its messages read as one component's, wherever in it they come from
 _LOGGER = logging.getLogger("uc2otad.engine.store")
@@ -50,6 +51,17 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: the sha256 of the image each job transferred
     "ALTER TABLE history ADD COLUMN sha256 TEXT",
+    # 3: the USB flash status of the master, kept across restarts (issue 20); one row
+    """
+    CREATE TABLE usb_flash_status (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        status  TEXT NOT NULL,          -- the USB flash status dict (CONTRACT.md §4) as JSON
+        updated TEXT NOT NULL
+    )
+    """,
+    # 4: why a job installed its image: NULL for an update, "requested" (Rollback) or "unhealthy" (the
+    # check after an update failed and rollback_on_unhealthy is set) for a rollback (issue 20)
+    "ALTER TABLE history ADD COLUMN rollback TEXT",
 )
 
 #: status values that mean "an update was under way" (CONTRACT.md §2); the others are final or idle
@@ -69,6 +81,8 @@ class JobRecord:
     firmware_version: str | None = None
     previous_version: str | None = None
     sha256: str | None = None
+    #: None for an update; why it put back an earlier image for a rollback: "requested", "unhealthy"
+    rollback: str | None = None
     attempt: int = 1
     error_code: str | None = None
     message: str | None = None
@@ -89,6 +103,8 @@ class OpenedFile:
     interrupted: list[JobRecord]
     #: every board's stored status dict
     statuses: dict[int, dict[str, Any]]
+    #: the master's last USB flash status (``usb_flash_status``), None if none was ever kept
+    usb_status: dict[str, Any] | None = None
 
 
 def open_database(path: Path, busy_timeout: float, label: str) -> OpenedFile:
@@ -138,6 +154,7 @@ def _open_file(path: Path, busy_timeout: float, label: str) -> OpenedFile:
             _migrate(connection, label)
             interrupted = _reconcile(connection)
             rows = connection.execute("SELECT can_id, status FROM board_status").fetchall()
+            usb_row = connection.execute("SELECT status FROM usb_flash_status WHERE id = 1").fetchone()
         except sqlite3.DatabaseError as err:
             if _is_damage(err):
                 raise _DamagedError(f"{type(err).__name__}: {err}") from err
@@ -163,7 +180,10 @@ def _open_file(path: Path, busy_timeout: float, label: str) -> OpenedFile:
             )  # fmt: skip
             continue
         statuses[can_id] = status
-    return OpenedFile(connection, interrupted, statuses)
+    usb_status = None if usb_row is None else _status_of(usb_row[0])
+    if usb_row is not None and usb_status is None:
+        _LOGGER.warning("%s: the stored USB flash status is not a JSON object; skipped", label)
+    return OpenedFile(connection, interrupted, statuses, usb_status)
 
 
 def _set_aside(path: Path, label: str) -> Path:
@@ -189,28 +209,41 @@ _PUT_STATUS = """
     INSERT INTO board_status (can_id, status, updated) VALUES (?, ?, ?)
     ON CONFLICT (can_id) DO UPDATE SET status = excluded.status, updated = excluded.updated
 """
+_PUT_USB_STATUS = """
+    INSERT INTO usb_flash_status (id, status, updated) VALUES (1, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+"""
 _PUT_JOB = """
     INSERT INTO history (job_id, can_id, batch_id, method, firmware, firmware_version, previous_version,
-                         sha256, attempt, state, error_code, message, started, finished)
+                         sha256, rollback, attempt, state, error_code, message, started, finished)
     VALUES (:job_id, :can_id, :batch_id, :method, :firmware, :firmware_version, :previous_version,
-            :sha256, :attempt, :state, :error_code, :message, :started, :finished)
+            :sha256, :rollback, :attempt, :state, :error_code, :message, :started, :finished)
     ON CONFLICT (job_id) DO UPDATE SET
-        firmware_version = excluded.firmware_version, sha256 = excluded.sha256, attempt = excluded.attempt,
+        firmware = excluded.firmware, firmware_version = excluded.firmware_version, sha256 = excluded.sha256,
+        attempt = excluded.attempt,
         state = excluded.state, error_code = excluded.error_code, message = excluded.message,
         finished = excluded.finished
 """
 
 
 def write_rows(
-    connection: sqlite3.Connection, statuses: Mapping[int, tuple[str, str]], jobs: list[JobRecord]
+    connection: sqlite3.Connection,
+    statuses: Mapping[int, tuple[str, str]],
+    jobs: list[JobRecord],
+    usb_status: tuple[str, str] | None = None,
 ) -> None:
-    """One short transaction: committed before the call returns, or nothing of it is written."""
+    """One short transaction: committed before the call returns, or nothing of it is written.
+
+    :param usb_status: the master's USB flash status (JSON, time), if it changed
+    """
     if connection.in_transaction:  # a failed write whose rollback failed too
         connection.rollback()
     with connection:
         connection.execute("BEGIN IMMEDIATE")
         connection.executemany(_PUT_STATUS, [(can_id, *entry) for can_id, entry in statuses.items()])
         connection.executemany(_PUT_JOB, [job.__dict__ for job in jobs])
+        if usb_status is not None:
+            connection.execute(_PUT_USB_STATUS, usb_status)
 
 
 class _DamagedError(Exception):
@@ -294,7 +327,18 @@ def _reconcile(connection: sqlite3.Connection) -> list[JobRecord]:
                               message=INTERRUPTED_MESSAGE, timestamp=finished)  # fmt: skip
                 status.pop("queued", None)
                 connection.execute(_PUT_STATUS, (can_id, json.dumps(status, sort_keys=True), finished))
+        _reconcile_usb_status(connection, finished)
     return interrupted
+
+
+def _reconcile_usb_status(connection: sqlite3.Connection, finished: str) -> None:
+    """The master's USB flash status, if a crash left it under way: "failed", ``interrupted`` (its
+    history row, ``running`` like any other, is closed by :func:`_reconcile`)."""
+    row = connection.execute("SELECT status FROM usb_flash_status WHERE id = 1").fetchone()
+    status = None if row is None else _status_of(row[0])
+    ended = None if status is None else interrupted_status(status, finished)
+    if ended is not None:
+        connection.execute(_PUT_USB_STATUS, (json.dumps(ended, sort_keys=True), finished))
 
 
 def _ended_as(job: JobRecord, status: Mapping[str, Any], finished: str) -> JobRecord:

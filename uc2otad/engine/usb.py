@@ -4,11 +4,16 @@ The job itself lives in :mod:`uc2otad.methods.usb.flash`; here it meets the engi
 master's port from the link, it waits for no slave job and under no inhibit, and it sets Busy. The
 flasher and esptool's code load on the first FlashMaster or ListSerialPorts (idle memory,
 docs/benchmarks.md); the status GetUSBFlashStatus reads is there from the start.
+
+Every flash is a history row (:mod:`.usb_history`), and every status change is kept in the status store
+beside the boards' (written behind: the status never waits for the disk), so that a restarted daemon
+answers GetUSBFlashStatus with the last flash's status (:meth:`MasterFlashing.restore`, after the store
+opened: a flash a crash cut short reads "failed", ``interrupted``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from uc2otad.engine.config import EngineConfig
@@ -16,6 +21,9 @@ from uc2otad.engine.events import EventHub, USBFlashChanged
 from uc2otad.engine.inhibit import Inhibitors
 from uc2otad.engine.jobs import JobManager
 from uc2otad.engine.master import MasterConnection
+from uc2otad.engine.store import StatusStore
+from uc2otad.engine.usb_history import UsbFlashHistory
+from uc2otad.firmware.cache import CachedImage
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.methods.usb.status import UsbFlashStatus
 
@@ -35,16 +43,34 @@ class MasterFlashing:
         repository: Callable[[], FirmwareRepository],
         jobs: JobManager,
         inhibitors: Inhibitors,
+        store: StatusStore,
+        on_success: Callable[[CachedImage, str | None], Awaitable[None]] | None = None,
     ) -> None:
-        """:param repository: the firmware repository now (SetFirmwareServer replaces it)"""
+        """
+        :param repository: the firmware repository now (SetFirmwareServer replaces it)
+        :param store: where each flash's history row and the last status are kept (opened later:
+            :meth:`restore` reads it once it is open)
+        :param on_success: awaited after each successful flash, before its task ends, with the image
+            written and its version; what it raises is logged and never fails the flash
+        """
         self._config = config
         self._events = events
         self._master = master
         self._repository = repository
         self._jobs = jobs
         self._inhibitors = inhibitors
+        self._store = store
+        self._on_success = on_success
         self._flasher: UsbFlasher | None = None
-        self.status = UsbFlashStatus(lambda status: events.emit(USBFlashChanged(status)))
+        self.status = UsbFlashStatus(
+            lambda status: events.emit(USBFlashChanged(status)), keep=store.put_usb_status
+        )
+
+    def restore(self) -> None:
+        """Show the last flash's status, as the status store kept it (call once it is open)."""
+        kept = self._store.usb_status()
+        if kept is not None:
+            self.status.restore(kept)
 
     @property
     def flashing(self) -> bool:
@@ -57,15 +83,19 @@ class MasterFlashing:
 
         return [port.as_dict() for port in await list_serial_ports()]
 
-    def flash_master(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Start flashing the master over USB; returns at once.
+    def flash_master(
+        self, options: Mapping[str, Any], *, image: CachedImage | None = None, rollback: str | None = None
+    ) -> dict[str, Any]:
+        """Start flashing the master over USB; returns at once (with the flash's ``job_id``).
 
+        :param image: the image to write instead of the server's (a rollback's); the steps are the same
+        :param rollback: why the flash puts back an earlier image, for its history row; None: an update
         :raises InvalidArgumentError: an option out of range
         :raises InhibitedError, JobBusyError: an inhibit is held; a flash or a slave job is running
         """
         from uc2otad.methods.usb.flash import FlashOptions  # noqa: PLC0415 - on first use, as the flasher
 
-        return self._flasher_now().start(FlashOptions.from_mapping(options))
+        return self._flasher_now().start(FlashOptions.from_mapping(options), image=image, rollback=rollback)
 
     async def port_for(self, requested: str) -> str:
         """The port a flash of the master would take (``requested``, else the HAT link's, else a known
@@ -103,6 +133,13 @@ class MasterFlashing:
         if self._flasher is not None:
             await self._flasher.stop()
 
+    def _master_version(self) -> str | None:
+        """The master's version as its link learnt it on opening (no question asked: the flash must not
+        wait for a master that may not answer); None if not connected, or it reports none."""
+        link = self._master.link if self._master is not None else None
+        identity = link.identity if link is not None else None
+        return identity.version if identity is not None and identity.version else None
+
     def _flasher_now(self) -> UsbFlasher:
         """The flasher, built on first use with the esptool code it loads."""
         if self._flasher is None:
@@ -119,5 +156,9 @@ class MasterFlashing:
                 slave_jobs_running=lambda: jobs.busy,
                 inhibited=lambda: inhibitors.held,
                 on_running=lambda running: events.set_property("busy", running or jobs.busy),
+                history=UsbFlashHistory(
+                    self._store, timeout=jobs.history_timeout, previous_version=self._master_version
+                ),
+                on_success=self._on_success,
             )
         return self._flasher

@@ -68,8 +68,9 @@ class CachedImage:
     #: bytes transferred from the server to produce this: 0 when the cached copy was reused
     downloaded_bytes: int
     #: how the copy was proven current: "manifest" (sha256 listed by the server) or "server"
-    #: (downloaded now and matching the listed size, or confirmed by a 304 to a conditional GET)
-    verified_by: Literal["manifest", "server"]
+    #: (downloaded now and matching the listed size, or confirmed by a 304 to a conditional GET), or
+    #: "known_good" (a board's earlier image, kept by :mod:`uc2otad.firmware.known_good`, hashed again)
+    verified_by: Literal["manifest", "server", "known_good"]
     #: the image's bytes, read (and hashed) under the cache's lock when it was handed out: a job sends
     #: these, so a ClearFirmwareCache after the fetch deletes the file, never the job's image (D4)
     data: bytes = field(repr=False, compare=False)

@@ -38,7 +38,7 @@ SLAVE_CHIP = "esp32s3"
 _CUSTOM_NAME = re.compile(r"id_(\d+)_.*\.bin", re.IGNORECASE)
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
-ImageSource = Literal["named", "custom", "reported", "standard"]
+ImageSource = Literal["named", "custom", "reported", "standard", "known_good"]
 
 
 @dataclass(frozen=True)

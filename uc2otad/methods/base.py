@@ -30,10 +30,13 @@ LinkUse = Callable[[str], AbstractAsyncContextManager[WifiTriggerLink]]
 
 @dataclass(frozen=True)
 class WifiCredentials:
-    """The network the slave joins; the password never shows in a repr."""
+    """The network the slave joins, and the OTA password its ArduinoOTA may ask for; neither password
+    ever shows in a repr."""
 
     ssid: str
     password: str = field(repr=False)
+    #: the ArduinoOTA password (SetOTAPassword), read when the job is planned; None: none is stored
+    ota_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ phase that ends with a verified image in the cache. The link is borrowed only fo
 each verification scan, never for the upload, so that the boards of a batch can upload in parallel
 while commands on the CAN link stay serialised.
 
-Main constraint: the WiFi password goes to the master and nowhere else; it is in no log, status or error.
+Main constraint: the WiFi password goes to the master and nowhere else, the OTA password (when one is
+stored) to the board's ArduinoOTA challenge and nowhere else; neither is in a log, status or error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from uc2otad.contract import Method
+from uc2otad.errors import UploadAuthError
 from uc2otad.firmware.repository import VerifiedImage
 from uc2otad.links.commands import NodeInfo, ScanResult
 from uc2otad.links.protocol import LinkCapability
@@ -106,9 +108,17 @@ class WifiMethod:
         finally:
             await _settle(downloading)
         data = image.data  # held since the fetch: a cleared cache cannot take it (D4)
-        uploader = ArduinoOtaUploader(joined.ip, port=self._settings.ota_port, settings=self._settings.upload)
+        uploader = ArduinoOtaUploader(
+            joined.ip,
+            port=self._settings.ota_port,
+            password=self._credentials.ota_password or None,
+            settings=self._settings.upload,
+        )
         async with self._upload_slot:
-            await uploader.upload(data, filename=image.name, progress=job.status.progress)
+            try:
+                await uploader.upload(data, filename=image.name, progress=job.status.progress)
+            except UploadAuthError as err:
+                raise _auth_failed(err, stored=bool(self._credentials.ota_password)) from err
             job.committed()  # the board said "OK": MD5 checked, boot partition set, it reboots now
         job.status.advance(Phase.VERIFYING)
         expected = expected_of(image, self._before)
@@ -118,6 +128,19 @@ class WifiMethod:
     async def _scan(self) -> ScanResult:
         async with self._use_link("verifying an update") as link:
             return await link.scan()
+
+
+def _auth_failed(err: UploadAuthError, *, stored: bool) -> UploadAuthError:
+    """The uploader's refusal in the daemon's words: it names the authentication and what to set, since
+    the uploader (also the ``espota`` command's) knows nothing of SetOTAPassword. The password itself
+    is never in either text."""
+    if stored:
+        reason = f"the board refused the stored OTA password ({err})"
+    else:
+        reason = "the board asks for an OTA password and none is stored (uc2otactl set-ota-password)"
+    return UploadAuthError(
+        f"ArduinoOTA authentication failed: {reason}", host=err.host, board_text=err.board_text
+    )
 
 
 async def _settle(download: asyncio.Future[VerifiedImage]) -> None:

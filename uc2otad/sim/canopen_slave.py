@@ -33,6 +33,7 @@ one at a time, as the board's single CAN task does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -122,6 +123,7 @@ class CanOpenSlave:
             network,
             timing,
             ota_port=ota_port,
+            ota_password=spec.ota_password,
             on_finished=self._after_wifi_ota,
             on_fault_struck=self._transfer_fault_struck,
         )
@@ -152,6 +154,13 @@ class CanOpenSlave:
     def reachable(self) -> bool:
         """On the bus and running: it hears frames and answers."""
         return self._online and not self._booting
+
+    @property
+    def disturbs_bus(self) -> bool:
+        """It runs the image its faults name as disturbing the bus (``NodeFaults.disturbing_image``)."""
+        disturbing = self.faults.disturbing_image
+        image = self.running_image
+        return bool(disturbing) and image is not None and hashlib.sha256(image).hexdigest() == disturbing
 
     @property
     def transferring(self) -> bool:

@@ -15,6 +15,7 @@ default silently kept)::
     [timing]   restart_delay = 0.2 …     (any field of MasterTiming, seconds)
     [[nodes]]  id = 11   role = "motor"   version = "…"   build = "…"   profile = …   (default: the master's)
                mac = "…"   image = "…"   routed = true   online = true
+               ota_password = "…"   (its ArduinoOTA asks for it: a lab's build; none by default)
                faults = { wifi_refused = true, drop_at_percent = 40, … }   (any field of NodeFaults)
 
 The virtual WiFi's credentials default to SSID ``uc2-lab`` and password ``uc2-lab-pass``, documented
@@ -151,7 +152,8 @@ def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
         return default
     if not isinstance(value, list):
         raise ConfigError("nodes", "must be an array of tables ([[nodes]])")
-    known = {"id", "role", "version", "build", "profile", "mac", "image", "routed", "online", "faults"}
+    known = {"id", "role", "version", "build", "profile", "mac", "image", "routed", "online", "faults",
+             "ota_password"}  # fmt: skip
     specs: list[NodeSpec] = []
     for number, item in enumerate(value, start=1):
         prefix = f"nodes[{number}]."
@@ -175,9 +177,19 @@ def _nodes(value: Any, default: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
                 routed=_get(item, prefix + "routed", bool, True),
                 online=_get(item, prefix + "online", bool, True),
                 faults=_faults(item.get("faults"), prefix + "faults"),
+                ota_password=_ota_password(item.get("ota_password"), prefix + "ota_password"),
             )
         )
     return tuple(specs)
+
+
+def _ota_password(value: Any, key: str) -> str | None:
+    """A node's ArduinoOTA password: a non-empty string, or absent (the message never quotes it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "must be a non-empty string")
+    return value
 
 
 def _faults(value: Any, key: str) -> NodeFaults:
@@ -201,6 +213,7 @@ def _faults(value: Any, key: str) -> NodeFaults:
         stall_seconds=share("stall_seconds") or defaults.stall_seconds,
         corrupt_offset=offset if offset >= 0 else None,
         transfer_faults_once=_get(value, f"{key}.transfer_faults_once", bool, defaults.transfer_faults_once),
+        disturbing_image=_get(value, f"{key}.disturbing_image", str, defaults.disturbing_image).lower(),
     )
 
 

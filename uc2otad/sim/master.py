@@ -45,7 +45,7 @@ from uc2otad.sim.can_bus import SimCanBus
 from uc2otad.sim.can_rate import CanRate
 from uc2otad.sim.canopen_slave import CanOpenSlave
 from uc2otad.sim.master_can import CanOpenClient, SdoTransferError
-from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, UNROUTED, NodeSpec
+from uc2otad.sim.nodes import DEFAULT_BUILD, DEFAULT_VERSION, DISTURBED_RX_ERRORS, UNROUTED, NodeSpec
 from uc2otad.sim.ota_board import ARDUINO_OTA_PORT
 from uc2otad.sim.profiles import DEFAULT_PROFILE, PROFILES, UNVERSIONED, FirmwareProfile
 from uc2otad.sim.slave_objects import BUILD_TIME, FIRMWARE_VERSION, IMAGE_NAME, MAC_ADDRESS, REBOOT
@@ -549,8 +549,11 @@ class VirtualMaster:
     async def _can_get(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         """``CANopenModule::get`` (``CANopenModule.cpp:1449-1487`` @063e5a6): node id, role, NMT state,
         and ``twai_get_status_info``'s counters and state."""
+        bus = dict(self._bus_health)
+        if any(slave.disturbs_bus for slave in self._slaves.values()):  # NodeFaults.disturbing_image
+            bus["rxErr"] = max(bus["rxErr"], DISTURBED_RX_ERRORS)
         return {"nodeId": 1, "canRole": MASTER_CAN_ROLE, "nmtState": NMT_OPERATIONAL,
-                "nmtStateStr": "OPERATIONAL", "bus": dict(self._bus_health)}  # fmt: skip
+                "nmtStateStr": "OPERATIONAL", "bus": bus}  # fmt: skip
 
     async def _legacy_can_act(self, attachment: _Attachment, command: dict[str, Any]) -> Reply:
         """FW-legacy ``can_controller::act`` (``can_controller.cpp:1419-1611`` @14fa3e3): an int result."""

@@ -48,6 +48,11 @@ def role_for(can_id: int) -> str:
                       "galvos 40-49, GPIO 60, PTZ 61)")  # fmt: skip
 
 
+#: the receive error count a disturbed bus shows (``twai_get_status_info``'s ``rx_error_counter``): 128,
+#: where ISO 11898-1 makes a controller error-passive; TWAI reports it still "running"
+DISTURBED_RX_ERRORS = 128
+
+
 @dataclass(frozen=True)
 class NodeFaults:
     """Switchable misbehaviour of one slave; the default is a healthy board."""
@@ -70,6 +75,11 @@ class NodeFaults:
     #: the transfer faults above strike one transfer only, then clear (a flaky moment: the retry
     #: succeeds). A CAN stream clears a drop or stall this way; a WiFi upload any of the three
     transfer_faults_once: bool = False
+    #: the sha256 (hex) of an image that disturbs the bus once this node runs it (a build with another
+    #: bit timing, a task that floods the bus): the master's TWAI controller counts
+    #: :data:`DISTURBED_RX_ERRORS` receive errors while it runs. What the check after an update
+    #: (issue 20, ``update.rollback_on_unhealthy``) is for: the update itself went well
+    disturbing_image: str = ""
 
     def without_transfer_faults(self) -> NodeFaults:
         """These faults with the transfer faults cleared."""
@@ -94,6 +104,12 @@ class NodeSpec:
     #: on the bus when the simulation starts
     online: bool = True
     faults: NodeFaults = field(default_factory=NodeFaults)
+    #: the password its ArduinoOTA asks for (legacy WiFi method); None: it asks for none. The openUC2
+    #: firmware sets none (youseetoo/uc2-esp32 @14fa3e3 ``main/src/can/can_controller.cpp:2395-2463``
+    #: configures ArduinoOTA with hostname and mDNS only), so a protected board is a lab's own build that
+    #: adds ``ArduinoOTA.setPassword(...)`` (espressif/arduino-esp32
+    #: ``libraries/ArduinoOTA/src/ArduinoOTA.cpp``; the challenge is :mod:`uc2otad.sim.ota_auth`'s)
+    ota_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.can_id <= 127:

@@ -168,15 +168,22 @@ class WifiOtaService:
         timing: MasterTiming,
         *,
         ota_port: int = ARDUINO_OTA_PORT,
+        ota_password: str | None = None,
         on_finished: Callable[[bytes | None], None],
         on_fault_struck: Callable[[], None] = lambda: None,
     ) -> None:
-        """:param on_fault_struck: an upload failed while transfer faults were set (they may clear now)"""
+        """
+        :param ota_password: the password its ArduinoOTA asks for; None: none. FW-legacy calls no
+            ``ArduinoOTA.setPassword`` (``can_controller.cpp:2395-2463`` @14fa3e3: hostname and mDNS
+            only), so this is a lab's build that adds one (:class:`~uc2otad.sim.nodes.NodeSpec`)
+        :param on_fault_struck: an upload failed while transfer faults were set (they may clear now)
+        """
         self.can_id = can_id
         self.ip = ip
         self._network = network
         self._timing = timing
         self._ota_port = ota_port
+        self._ota_password = ota_password
         self._on_finished = on_finished
         self._on_fault_struck = on_fault_struck
         #: the ArduinoOTA service while the slave serves one (from :meth:`listen` on)
@@ -224,7 +231,13 @@ class WifiOtaService:
         if stops != self._stops:
             return  # stopped meanwhile (a reboot, power off)
         board = OtaBoard(
-            OtaBoardConfig(ip=self.ip, port=self._ota_port, reboot_time=0.0, firmware=joined.running_image),
+            OtaBoardConfig(
+                ip=self.ip,
+                port=self._ota_port,
+                reboot_time=0.0,
+                firmware=joined.running_image,
+                password=self._ota_password,
+            ),
             faults=self._board_faults(joined.faults),
         )
         serving: OtaBoard | None = board

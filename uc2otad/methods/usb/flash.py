@@ -16,6 +16,11 @@ before a slave job). The steps follow the procedure document's workflow and stat
 
 A failure ends ``failed`` with the document's USB error row; cancel stops esptool (terminate, then kill).
 
+Every flash is a history row (:class:`FlashHistory`, the engine's GetHistory): begun first thing, before
+the port is even chosen, so that a flash that fails early (no port, no esptool) is recorded too and a
+crash at any later point leaves a ``running`` row for the next start to close as ``interrupted``; the
+row learns the image (name, sha256, version) before anything is written, and ends with the status.
+
 The job lives with the USB method, as the slave methods live in this room: the methods own how an image
 reaches a board, the master included. It imports nothing from the engine (api → engine → methods →
 links); what it needs of the daemon's hold on the master is :class:`MasterAccess`, which the engine's
@@ -29,11 +34,12 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +75,7 @@ from uc2otad.methods.usb.ports import (
     usb_identity,
 )
 from uc2otad.methods.usb.rules import APP_OFFSET, MERGED_OFFSET, FlashPlan, plan_flash
-from uc2otad.methods.usb.status import STARTED_MESSAGE, UsbFlashStatus, UsbStep
+from uc2otad.methods.usb.status import CANCELLED_MESSAGE, STARTED_MESSAGE, UsbFlashStatus, UsbStep
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -125,6 +131,52 @@ class MasterAccess(Protocol):
 
         :raises LinkError: it is not connected, or cannot be opened now
         """
+
+
+class FlashHistory(Protocol):
+    """Where each flash is recorded: the daemon's history (``engine/usb_history.py``), one row a flash."""
+
+    async def begin(self, job_id: str, *, firmware: str | None, rollback: str | None) -> None:
+        """Record flash ``job_id`` as running; returns once it is kept. Called first thing, before the
+        link is released or the board touched: a crash from then on leaves a row to close.
+
+        :param firmware: the image asked for (None: the catalog's, not known yet)
+        :raises StoreError: it could not be kept in time (the flash fails; nothing was touched)
+        """
+
+    def image(self, job_id: str, image: CachedImage, version: str | None) -> None:
+        """The flash has its image, and ``version`` (its app descriptor's) is what it installs; called
+        before anything is erased or written."""
+
+    def end(self, job_id: str, *, success: bool, error_code: str = "", message: str = "",
+            firmware_version: str | None = None) -> None:  # fmt: skip
+        """Flash ``job_id`` ended (``firmware_version``: what the master reported after it, if asked)."""
+
+
+class _NoHistory:
+    """A flasher without a history (scripts, unit tests)."""
+
+    async def begin(self, job_id: str, *, firmware: str | None, rollback: str | None) -> None:
+        return None
+
+    def image(self, job_id: str, image: CachedImage, version: str | None) -> None:
+        return None
+
+    def end(self, job_id: str, *, success: bool, error_code: str = "", message: str = "",
+            firmware_version: str | None = None) -> None:  # fmt: skip
+        return None
+
+
+#: told of each successful flash, before its task ends: the image written and its version
+OnSuccess = Callable[[CachedImage, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Flashed:
+    """What a flash that succeeded wrote: the image and its version (app descriptor, else reported)."""
+
+    image: CachedImage
+    version: str | None
 
 
 @dataclass(frozen=True)
@@ -283,6 +335,22 @@ def _copy_error(folder: Path, err: OSError) -> CacheError:
     return CacheError(f"cannot copy the image to flash into {folder}: {err.strerror}")
 
 
+@dataclass(frozen=True)
+class _FlashJob:
+    """One FlashMaster: its history row's id, its options, and a rollback's image and reason."""
+
+    job_id: str
+    options: FlashOptions
+    #: the image to write, given by the caller (not fetched); None: fetched as ``options`` say
+    image: CachedImage | None = None
+    rollback: str | None = None
+
+    @property
+    def firmware(self) -> str | None:
+        """The image's name as far as it is known at the start."""
+        return self.image.name if self.image is not None else self.options.firmware
+
+
 class UsbFlasher:
     """The daemon's one USB flash: start, status, cancel."""
 
@@ -297,8 +365,13 @@ class UsbFlasher:
         slave_jobs_running: Callable[[], bool],
         inhibited: Callable[[], bool],
         on_running: Callable[[bool], None],
+        history: FlashHistory | None = None,
+        on_success: OnSuccess | None = None,
     ) -> None:
         """
+        :param history: where each flash is recorded (None: nowhere)
+        :param on_success: told of each successful flash, before its task ends; what it raises is
+            logged and never fails the flash
         :param master: the master link to release while flashing; None without a HAT link
         :param hat_port: the HAT link's configured port ("" without one): the default port to flash
         :param repository: the firmware repository in use now (it changes with SetFirmwareServer)
@@ -312,6 +385,8 @@ class UsbFlasher:
         self._slave_jobs_running = slave_jobs_running
         self._inhibited = inhibited
         self._on_running = on_running
+        self._history: FlashHistory = history if history is not None else _NoHistory()
+        self._on_success = on_success
         self.status = status
         self._task: asyncio.Task[None] | None = None
 
@@ -320,9 +395,15 @@ class UsbFlasher:
         """A flash is in progress: slave jobs must not start (they need the master's port)."""
         return self._task is not None and not self._task.done()
 
-    def start(self, options: FlashOptions) -> dict[str, Any]:
+    def start(
+        self, options: FlashOptions, *, image: CachedImage | None = None, rollback: str | None = None
+    ) -> dict[str, Any]:
         """Start flashing the master and return at once; the result arrives as status changes.
 
+        :param image: the image to write, already verified (a rollback's known-good image): it is not
+            fetched from the server; the status steps are the same ("Firmware downloaded: <name>")
+        :param rollback: why this flash puts back an earlier image ("requested", "unhealthy"), for its
+            history row; None for an update
         :raises InhibitedError: an inhibit is held
         :raises JobBusyError: a flash or a slave job is running
         """
@@ -332,20 +413,24 @@ class UsbFlasher:
             raise JobBusyError("the master is already being flashed over USB")
         if self._slave_jobs_running():
             raise JobBusyError("a slave update is running through the master; flash the master after it")
-        self.status.begin(erase_flash=options.erase_flash, firmware=options.firmware)
-        self._task = asyncio.get_running_loop().create_task(self._run(options), name="usb flash")
+        job_id = secrets.token_hex(8)
+        requested = image.name if image is not None else options.firmware
+        self.status.begin(erase_flash=options.erase_flash, firmware=requested, job_id=job_id)
+        job = _FlashJob(job_id, options, image, rollback)
+        self._task = asyncio.get_running_loop().create_task(self._run(job), name=f"usb flash {job_id}")
         self._on_running(True)
         self._task.add_done_callback(lambda _task: self._on_running(False))
         _LOGGER.info(
-            "usb: flash of the master started port=%s firmware=%s erase=%s",
-            options.port or "(auto)", options.firmware or "(catalog)", options.erase_flash,
-            extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "started"},
+            "usb: flash of the master started port=%s firmware=%s erase=%s rollback=%s",
+            options.port or "(auto)", requested or "(catalog)", options.erase_flash, rollback or "-",
+            extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_JOB_ID": job_id, "UC2_PHASE": "started"},
         )  # fmt: skip
         return {
             "status": "started",
             "message": STARTED_MESSAGE,
+            "job_id": job_id,
             "port": options.port or None,
-            "firmware": options.firmware,
+            "firmware": requested,
             "baud": options.baud,
             "erase_flash": options.erase_flash,
             "reconnect_after": options.reconnect_after,
@@ -370,27 +455,54 @@ class UsbFlasher:
 
     # ---- the job ------------------------------------------------------------------------------------
 
-    async def _run(self, options: FlashOptions) -> None:
+    async def _run(self, job: _FlashJob) -> None:
         tail: deque[str] = deque(maxlen=TAIL_LINES)
+        history, job_id = self._history, job.job_id
+        flashed: _Flashed | None = None
         try:
-            await self._flash(options, tail)
+            await history.begin(job_id, firmware=job.firmware, rollback=job.rollback)
+            flashed = await self._flash(job, tail)
         except asyncio.CancelledError:
             _LOGGER.warning("usb: flash of the master cancelled", extra={"UC2_CAN_ID": MASTER_CAN_ID})
             self.status.cancelled()
+            history.end(job_id, success=False, error_code="cancelled", message=CANCELLED_MESSAGE)
             raise
         except Uc2otadError as err:
             _LOGGER.warning(
                 "usb: flash of the master failed: %s: %s", type(err).__name__, err,
-                extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "failed"},
+                extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_JOB_ID": job_id, "UC2_PHASE": "failed"},
             )  # fmt: skip
             if tail:
                 _LOGGER.debug("usb: esptool's last lines:\n%s", "\n".join(tail))
-            self.status.fail(err)
+            self._failed(job_id, err)
         except Exception as err:  # a bug: the status must still end, and the traceback be seen
             _LOGGER.exception("usb: flash of the master: unexpected error")
-            self.status.fail(Uc2otadError(f"internal error: {type(err).__name__}"))
+            self._failed(job_id, Uc2otadError(f"internal error: {type(err).__name__}"))
+        if flashed is not None:  # out of the try: a cancel while ``on_success`` runs is no failed flash
+            history.end(job_id, success=True, message=self.status.current["message"],
+                        firmware_version=flashed.version)  # fmt: skip
+            await self._succeeded(flashed)
 
-    async def _flash(self, options: FlashOptions, tail: deque[str]) -> None:
+    def _failed(self, job_id: str, error: Uc2otadError) -> None:
+        self.status.fail(error)
+        message = f"{self.status.current['message']}: {error}"
+        self._history.end(job_id, success=False, error_code=self.status.current.get("error_code", "failed"),
+                          message=message)  # fmt: skip
+
+    async def _succeeded(self, flashed: _Flashed) -> None:
+        """Tell ``on_success`` of the flash (its errors are the journal's, never the flash's)."""
+        if self._on_success is None:
+            return
+        try:
+            await self._on_success(flashed.image, flashed.version)
+        except Exception:  # the flash succeeded whatever the listener does; CancelledError goes on
+            _LOGGER.exception(
+                "usb: after the flash of the master: the success listener failed",
+                extra={"UC2_CAN_ID": MASTER_CAN_ID},
+            )
+
+    async def _flash(self, job: _FlashJob, tail: deque[str]) -> _Flashed:
+        options = job.options
         # 1. everything that can fail without touching the board or the link
         ports = await list_serial_ports()
         port = choose_port(requested=options.port, hat_port=self._hat_port, match=options.match, ports=ports)
@@ -403,7 +515,7 @@ class UsbFlasher:
         async with self._released():
             # 2. the image
             self.status.step(UsbStep.DOWNLOADING)
-            image = await self._obtain(options)
+            image = job.image if job.image is not None else await self._obtain(options)
             name = image.name
             self.status.learn(firmware=name)
             self.status.step(UsbStep.DOWNLOADED, firmware=name)
@@ -413,6 +525,7 @@ class UsbFlasher:
             async with private_copy(image.data, name) as path:
                 # 3. the board, and the rules
                 plan = await self._plan(tool, options, ports, image.data, name)
+                self._history.image(job.job_id, image, plan.version)  # before the first byte is written
                 # 4. erase and write
                 if plan.erase:
                     self.status.step(UsbStep.ERASING)
@@ -430,7 +543,7 @@ class UsbFlasher:
         # 5. the link back, and proof of the new image
         if not options.reconnect_after:
             self.status.step(UsbStep.FLASHED)
-            return
+            return _Flashed(image, plan.version)
         self.status.step(UsbStep.RECONNECTING)
         identity = await self._confirm(plan)
         self.status.learn(firmware_version=identity.version)
@@ -440,6 +553,7 @@ class UsbFlasher:
             identity.version or "-", identity.build_date,
             extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "success"},
         )  # fmt: skip
+        return _Flashed(image, plan.version or identity.version)
 
     @contextlib.asynccontextmanager
     async def _released(self) -> AsyncIterator[None]:

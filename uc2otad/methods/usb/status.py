@@ -5,7 +5,11 @@ ImSwitch's USB flash wizard switches on these exact values, so every step of a f
 write progress mapped into 45-85, and a failure as ``status`` "failed" with the document's USB error
 row as ``message`` and the cause and solution in ``details``. Fields beyond the document's (``port``,
 ``firmware``, ``flash_offset``, ``erase_flash``, ``chip``, ``firmware_version``, ``error_code``) are
-added as they become known; none is renamed.
+added as they become known; none is renamed. ``job_id`` names the flash's history row (GetHistory).
+
+The status outlives the daemon: every change, the unsignalled "started" too, goes to ``keep`` (the
+engine's status store), and a restarted daemon shows the last one again (:meth:`UsbFlashStatus.restore`).
+A flash the daemon died in the middle of is shown as ended: :func:`interrupted_status`.
 
 Table (document, "USB Flash Status Updates")::
 
@@ -70,6 +74,29 @@ CANCELLED_MESSAGE = "Flash cancelled"
 SKIPPED_MESSAGE = "Flash skipped"
 #: a flash accepted, before its first step: FlashMaster's own answer
 STARTED_STATUS, STARTED_MESSAGE = "started", "Master firmware flash started"
+#: ``status`` values after which nothing more happens; any other one is a flash under way
+FINAL_STATUSES = ("idle", "success", "failed")
+#: a flash the daemon stopped (a crash, SIGKILL, a power cut) in the middle of, seen at the next start
+INTERRUPTED_MESSAGE, INTERRUPTED_CODE = "Flash interrupted", "interrupted"
+#: ``details`` as the document's rows have it: what happened, then "cause: solution"
+INTERRUPTED_DETAILS = (
+    "the daemon stopped during the flash (a crash, a kill, a power cut). "
+    "flash not finished: the master may hold a partial image, flash it again"
+)
+
+
+def interrupted_status(status: Mapping[str, Any], now: str) -> dict[str, Any] | None:
+    """``status`` as a restarted daemon shows it: a flash under way when the daemon died ended
+    "failed" with ``error_code`` "interrupted" (its progress and facts kept); None for a final status.
+
+    A pure function of the stored dict: the status store calls it while it opens its file, in the same
+    transaction as it closes the history rows a crash left running.
+    """
+    if status.get("status") in FINAL_STATUSES:
+        return None
+    ended = {**status, "status": "failed", "message": INTERRUPTED_MESSAGE, "details": INTERRUPTED_DETAILS,
+             "error_code": INTERRUPTED_CODE, "timestamp": now}  # fmt: skip
+    return ended
 
 
 def failure_row(error: Uc2otadError) -> str:
@@ -80,8 +107,18 @@ def failure_row(error: Uc2otadError) -> str:
 class UsbFlashStatus:
     """The one USB flash status of the daemon; every change goes to ``publish`` (a copy)."""
 
-    def __init__(self, publish: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[dict[str, Any]], None],
+        keep: Callable[[dict[str, Any]], None] = lambda status: None,
+    ) -> None:
+        """
+        :param publish: every change clients are told of (USBFlashStatusChanged)
+        :param keep: every change, the unsignalled "started" of :meth:`begin` included: what is kept
+            across restarts (a crash right after FlashMaster answered must not show the flash before)
+        """
         self._publish = publish
+        self._keep = keep
         self._facts: dict[str, Any] = {}
         #: the progress of the flash running now (a failure keeps it)
         self._progress = 0
@@ -107,6 +144,13 @@ class UsbFlashStatus:
             "timestamp": timestamps.now(),
             **self._facts,
         }
+        self._keep(dict(self.current))
+
+    def restore(self, status: Mapping[str, Any]) -> None:
+        """Show ``status`` (the last one a daemon before this one kept) until the next flash begins;
+        nothing is published or kept again."""
+        self.current = dict(status)
+        self._progress = int(status.get("progress", 0))
 
     def learn(self, **facts: Any) -> None:
         """Facts known from now on (port, firmware, chip…), shown with the next step."""
@@ -150,4 +194,5 @@ class UsbFlashStatus:
             **self._facts,
         }
         self.current = {key: value for key, value in current.items() if value is not None}
+        self._keep(dict(self.current))
         self._publish(dict(self.current))
