@@ -22,6 +22,7 @@ import pytest
 import test_daemon_wifi as wifi
 from caddy import CaddyServer
 from conftest import DaemonFactory
+from daemon_process import DaemonProcess
 from dbus_client import add_match, call, unwrap
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -122,6 +123,15 @@ async def rollback(client: MessageBus, signals: Signals) -> tuple[dict[str, Any]
     return accepted, await signals.job_ended(accepted["job_id"], busy_before)
 
 
+async def start(
+    start_daemon: DaemonFactory, scope: VirtualMicroscope, caddy: CaddyServer, config: str = FAST_UPDATE
+) -> DaemonProcess:
+    """The daemon on the microscope's master, with Caddy's images."""
+    return await start_daemon(
+        "--serial-port", str(scope.config.serial_link), "--firmware-server", caddy.url, config=config
+    )
+
+
 async def two_updates(client: MessageBus, signals: Signals, caddy: CaddyServer) -> None:
     await serve(caddy, FIRST)
     assert (await update(client, signals))["upload_status"] == "success"
@@ -137,8 +147,7 @@ async def test_rollback_puts_the_first_image_back_byte_for_byte(
     tmp_path: Path,
 ) -> None:
     async with microscope_for(tmp_path) as scope:
-        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", caddy.url,
-                           config=FAST_UPDATE)  # fmt: skip
+        await start(start_daemon, scope, caddy)
         await two_updates(client, signals, caddy)
         slave = scope.master.slave(NODE)
         assert slave.running_image == SECOND
@@ -179,8 +188,7 @@ async def test_no_earlier_image_is_not_found_and_include_known_good_deletes_them
     tmp_path: Path,
 ) -> None:
     async with microscope_for(tmp_path) as scope:
-        daemon = await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server",
-                                    caddy.url, config=FAST_UPDATE)  # fmt: skip
+        daemon = await start(start_daemon, scope, caddy)
         await serve(caddy, FIRST)
         await update(client, signals)
         only_one = await call(client, "Rollback", "u", NODE)
@@ -214,8 +222,7 @@ async def test_an_update_that_disturbs_the_bus_is_rolled_back_by_itself(
 ) -> None:
     faults = NodeFaults(disturbing_image=sha256(SECOND))
     async with microscope_for(tmp_path, faults) as scope:
-        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", caddy.url,
-                           config=CHECKED_UPDATE)  # fmt: skip
+        await start(start_daemon, scope, caddy, CHECKED_UPDATE)
         await two_updates(client, signals, caddy)
         rollback = await signals.first(lambda status: status.get("rollback") == "unhealthy")
         final = await signals.wait_for(ended(signals, rollback["job_id"]))
@@ -239,8 +246,7 @@ async def test_a_failed_verification_is_not_rolled_back(
     tmp_path: Path,
 ) -> None:
     async with microscope_for(tmp_path) as scope:
-        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", caddy.url,
-                           config=CHECKED_UPDATE)  # fmt: skip
+        await start(start_daemon, scope, caddy, CHECKED_UPDATE)
         await serve(caddy, FIRST)
         await update(client, signals)
         slave = scope.master.slave(NODE)
@@ -267,8 +273,7 @@ async def test_uc2otactl_rollback_follows_the_job_and_says_what_went_back(
     tmp_path: Path,
 ) -> None:
     async with microscope_for(tmp_path) as scope:
-        await start_daemon("--serial-port", str(scope.config.serial_link), "--firmware-server", caddy.url,
-                           config=FAST_UPDATE)  # fmt: skip
+        await start(start_daemon, scope, caddy)
         missing = await ctl(private_bus, "rollback", str(NODE))
         await two_updates(client, signals, caddy)
         document = await ctl_json(private_bus, "rollback", str(NODE))
