@@ -32,6 +32,7 @@ from uc2otad.firmware.listing import FirmwareFile
 from uc2otad.firmware.manifest import ManifestFile
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer
+from uc2otad.firmware.source import FirmwareSource
 from uc2otad.methods.usb import flash as usb_flash
 from uc2otad.methods.usb.esptool import BoardProbe, Esptool
 from uc2otad.methods.usb.flash import FlashOptions, UsbFlasher, UsbFlashSettings
@@ -59,7 +60,7 @@ class _ClearedAfterFetch(FirmwareCache):
         self.cleared: list[int] = []
 
     async def fetch(
-        self, server: FirmwareServer, file: FirmwareFile, promise: ManifestFile | None
+        self, server: FirmwareSource, file: FirmwareFile, promise: ManifestFile | None
     ) -> CachedImage:
         image = await super().fetch(server, file, promise)
         self.cleared.append(await self.clear())  # refused (CacheBusyError) if the flash held the cache

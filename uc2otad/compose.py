@@ -78,7 +78,9 @@ def firmware_settings(config: Settings) -> FirmwareSettings:
         transfer_timeout=config.firmware_transfer_timeout,
         retry=RetryPolicy(attempts=_or(config.firmware_attempts, RetryPolicy.attempts)),
     )
-    return FirmwareSettings(config.firmware_server, http, config.firmware_cache_dir, config.image_table())
+    return FirmwareSettings(
+        config.firmware_server, http, config.firmware_cache_dir, config.image_table(), config.firmware_channel
+    )
 
 
 def master_settings(config: Settings) -> MasterSettings:

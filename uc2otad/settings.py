@@ -21,6 +21,7 @@ Config file layout (every key optional)::
                handshake_timeout = 2.0   reconnect_max_delay = 10.0   master_rx_timeout = 30.0
     [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
                connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
+               channel = "stable"   (or "beta": prereleases too)
     [catalog.images]  "11" = ["lab_motor_x.bin"]
     [wifi]     ssid = "uc2-lab"   ota_port = 3232   join_timeout = 45.0   invite_timeout = 10.0
                chunk_timeout = 20.0   host_ip = ""   host_port = 0
@@ -48,13 +49,14 @@ from typing import Any, Literal
 from uc2otad.errors import ConfigError
 from uc2otad.firmware.cache import default_cache_dir
 from uc2otad.firmware.catalog import ImageTable
+from uc2otad.firmware.channels import CHANNELS, Channel
 from uc2otad.firmware.server import (
     CONNECT_TIMEOUT,
     DEFAULT_SERVER_URL,
     READ_TIMEOUT,
     TRANSFER_TIMEOUT,
-    normalize_server_url,
 )
+from uc2otad.firmware.source import normalize_source_url
 from uc2otad.secrets import MAX_SSID_BYTES as MAX_SSID_BYTES  # noqa: PLC0414 - api/arguments.py reads it here
 from uc2otad.secrets import check_ssid
 
@@ -107,6 +109,8 @@ class Settings:
     firmware_transfer_timeout: float = TRANSFER_TIMEOUT
     #: None: ``retry.RetryPolicy.attempts``
     firmware_attempts: int | None = None
+    #: "stable" never offers a prerelease; "beta" offers every release (uc2otad.firmware.channels)
+    firmware_channel: Channel = "stable"
     catalog_images: Mapping[str, Any] = field(default_factory=dict)
     wifi_ssid: str = ""
     #: None: ``methods.arduino_ota.uploader.ARDUINO_OTA_PORT``
@@ -252,7 +256,7 @@ def _choice(*allowed: str) -> Callable[[object, str], str]:
 
 def _server(value: object, key: str) -> str:
     try:
-        return normalize_server_url(_text(value, key))
+        return normalize_source_url(_text(value, key))
     except ConfigError as err:
         raise ConfigError(key, err.reason) from err
 
@@ -284,6 +288,7 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "firmware.read_timeout": ("firmware_read_timeout", _positive_float),
     "firmware.transfer_timeout": ("firmware_transfer_timeout", _positive_float),
     "firmware.attempts": ("firmware_attempts", _positive_int),
+    "firmware.channel": ("firmware_channel", _choice(*CHANNELS)),
     "catalog.images": ("catalog_images", _images),
     "wifi.ssid": ("wifi_ssid", _ssid),
     "wifi.ota_port": ("wifi_ota_port", _positive_port),

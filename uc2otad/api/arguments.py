@@ -15,7 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from uc2otad import secrets, settings
-from uc2otad.errors import InvalidArgumentError
+from uc2otad.errors import ConfigError, InvalidArgumentError
+from uc2otad.firmware.directory import is_local_source, normalize_folder_url
 from uc2otad.firmware.names import MAX_NAME_BYTES
 
 #: a firmware server URL: 2048 characters is the de-facto URL limit of browsers and servers, and a
@@ -90,16 +91,23 @@ def check_ssid(ssid: str) -> str:
 
 
 def check_server_url(url: str) -> str:
-    """A whole, plain http(s) URL with a host (and a port 1..65535 when one is given).
+    """A whole, plain http(s) URL with a host (and a port 1..65535 when one is given), or a firmware
+    folder: an absolute path or a ``file://`` URL (issue 21).
 
-    The engine then normalizes it (:func:`uc2otad.firmware.server.normalize_server_url`).
+    The engine then normalizes it (:func:`uc2otad.firmware.source.normalize_source_url`).
 
     :raises InvalidArgumentError: too long, control characters, not a URL, another scheme, no host, a
-        bad port, credentials, a query or a fragment
+        bad port, credentials, a query or a fragment; a relative folder
     """
     check_length("firmware server URL", url, MAX_URL_LENGTH)
     if has_unsafe_characters(url):
         raise InvalidArgumentError("firmware server URL must not contain control or format characters")
+    if is_local_source(url):
+        try:
+            normalize_folder_url(url)
+        except ConfigError as err:
+            raise InvalidArgumentError(f"firmware folder: {err.reason}") from None
+        return url
     try:
         parts = urlsplit(url.strip())
     except ValueError:  # "Invalid IPv6 URL": an unclosed [

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from uc2otad.engine.health import HealthSettings
 from uc2otad.firmware.catalog import ImageTable
+from uc2otad.firmware.channels import STABLE, Channel
 from uc2otad.firmware.server import HttpSettings
 from uc2otad.links.serial_hat import HatSettings
 from uc2otad.methods.verify import VerifySettings
@@ -58,6 +59,8 @@ class FirmwareSettings:
     http: HttpSettings
     cache_dir: Path
     images: ImageTable
+    #: ``firmware.channel``: "stable" never offers a prerelease (:mod:`uc2otad.firmware.channels`)
+    channel: Channel = STABLE
 
 
 @dataclass(frozen=True)

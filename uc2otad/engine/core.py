@@ -71,7 +71,7 @@ from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID
 from uc2otad.firmware.known_good import KnownGoodImages, KnownGoodRecord
 from uc2otad.firmware.repository import FirmwareRepository
-from uc2otad.firmware.server import FirmwareServer, normalize_server_url
+from uc2otad.firmware.source import normalize_source_url, open_source
 from uc2otad.methods.base import WifiCredentials
 
 __all__ = [
@@ -129,7 +129,10 @@ def _without_none(reply: dict[str, Any]) -> dict[str, Any]:
 
 def repository_for(firmware: FirmwareSettings, server_url: str) -> FirmwareRepository:
     return FirmwareRepository(
-        FirmwareServer(server_url, settings=firmware.http), FirmwareCache(firmware.cache_dir), firmware.images
+        open_source(server_url, firmware.http),
+        FirmwareCache(firmware.cache_dir),
+        firmware.images,
+        channel=firmware.channel,
     )
 
 
@@ -307,11 +310,11 @@ class Engine:
         }
 
     async def set_firmware_server(self, url: str) -> None:
-        """Use ``url`` from now on and persist it.
+        """Use ``url`` from now on and persist it: a server, or a folder laid out like one.
 
-        :raises ConfigError: not an http(s) URL
+        :raises ConfigError: neither an http(s) URL nor an absolute folder
         """
-        normalized = normalize_server_url(url)
+        normalized = normalize_source_url(url)
         async with self._settings_lock:
             await self._persist({"firmware.server": normalized})
             self.repository = repository_for(self.config.firmware, normalized)

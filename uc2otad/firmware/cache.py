@@ -39,7 +39,8 @@ from uc2otad.errors import CacheBusyError, CacheError, CacheFullError, DownloadC
 from uc2otad.firmware.listing import FirmwareFile
 from uc2otad.firmware.manifest import ManifestFile
 from uc2otad.firmware.names import check_file_name
-from uc2otad.firmware.server import MAX_IMAGE_SIZE, FirmwareServer, Validators
+from uc2otad.firmware.server import MAX_IMAGE_SIZE, Validators
+from uc2otad.firmware.source import FirmwareSource
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class FirmwareCache:
         await run_stoppable(lambda _stop: self._open())
 
     async def fetch(
-        self, server: FirmwareServer, file: FirmwareFile, promise: ManifestFile | None
+        self, server: FirmwareSource, file: FirmwareFile, promise: ManifestFile | None
     ) -> CachedImage:
         """The image ``file`` of ``server``, from the cache when it is provably current, else downloaded.
 
@@ -190,7 +191,7 @@ class FirmwareCache:
         self._opened = True
 
     def _fetch(
-        self, server: FirmwareServer, file: FirmwareFile, promise: ManifestFile | None, stop: threading.Event
+        self, server: FirmwareSource, file: FirmwareFile, promise: ManifestFile | None, stop: threading.Event
     ) -> CachedImage:
         self._open()
         path = self.path_of(file.name)

@@ -17,8 +17,9 @@ from pathlib import Path
 from uc2otad.aio import run_stoppable
 from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import SLAVE_CHIP, Catalog, ImageTable, ResolvedImage
+from uc2otad.firmware.channels import STABLE, Channel, on_channel
 from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
-from uc2otad.firmware.server import FirmwareServer
+from uc2otad.firmware.source import FirmwareSource
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,10 +68,19 @@ class _CatalogFetch:
 class FirmwareRepository:
     """Server + cache + image table."""
 
-    def __init__(self, server: FirmwareServer, cache: FirmwareCache, table: ImageTable | None = None) -> None:
+    def __init__(
+        self,
+        server: FirmwareSource,
+        cache: FirmwareCache,
+        table: ImageTable | None = None,
+        *,
+        channel: Channel = STABLE,
+    ) -> None:
+        """:param channel: the release channel: on ``stable`` no prerelease is offered (:mod:`.channels`)"""
         self.server = server
         self.cache = cache
         self.table = table or ImageTable.standard()
+        self.channel = channel
         #: the catalog fetch callers share while it runs; None when none runs
         self._catalog_fetch: _CatalogFetch | None = None
 
@@ -113,7 +123,7 @@ class FirmwareRepository:
         listing, manifest = await asyncio.gather(
             self.server.list_files(max_image_size=self.cache.max_image_size), self.server.get_manifest()
         )
-        return Catalog(self.server.url, listing, manifest, self.table)
+        return Catalog(self.server.url, on_channel(listing, manifest, self.channel), manifest, self.table)
 
     async def obtain(
         self,
