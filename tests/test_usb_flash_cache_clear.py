@@ -60,9 +60,14 @@ class _ClearedAfterFetch(FirmwareCache):
         self.cleared: list[int] = []
 
     async def fetch(
-        self, server: FirmwareSource, file: FirmwareFile, promise: ManifestFile | None
+        self,
+        server: FirmwareSource,
+        file: FirmwareFile,
+        promise: ManifestFile | None,
+        *,
+        signed: bool = False,
     ) -> CachedImage:
-        image = await super().fetch(server, file, promise)
+        image = await super().fetch(server, file, promise, signed=signed)
         self.cleared.append(await self.clear())  # refused (CacheBusyError) if the flash held the cache
         return image
 

@@ -22,6 +22,7 @@ from uc2otad.engine.core import Engine
 from uc2otad.engine.health import MAX_BUS_ERRORS, HealthSettings
 from uc2otad.engine.jobs import RETRIES, RETRY_DELAY, RETRY_POLICY
 from uc2otad.firmware.server import HttpSettings
+from uc2otad.firmware.signing import SigningPolicy
 from uc2otad.links.capture import LinkCapture
 from uc2otad.links.ota_stream import MASTER_RX_TIMEOUT, StreamSettings
 from uc2otad.links.ota_wifi import WIFI_EVENT_TIMEOUT, WifiOtaSettings
@@ -79,7 +80,12 @@ def firmware_settings(config: Settings) -> FirmwareSettings:
         retry=RetryPolicy(attempts=_or(config.firmware_attempts, RetryPolicy.attempts)),
     )
     return FirmwareSettings(
-        config.firmware_server, http, config.firmware_cache_dir, config.image_table(), config.firmware_channel
+        config.firmware_server,
+        http,
+        config.firmware_cache_dir,
+        config.image_table(),
+        config.firmware_channel,
+        SigningPolicy(config.firmware_keys_dir, config.firmware_require_signature),
     )
 
 

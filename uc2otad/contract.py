@@ -61,6 +61,9 @@ class ErrorCode(StrEnum):
     FIRMWARE_NOT_FOUND = "firmware_not_found"
     DOWNLOAD_TIMEOUT = "download_timeout"
     DOWNLOAD_CORRUPT = "download_corrupt"
+    #: the server's version.json is not signed by a key in /etc/uc2otad/keys (minisign; issue 21): not
+    #: retried, the server would send the same signature again
+    SIGNATURE_INVALID = "signature_invalid"
     DISK_FULL = "disk_full"
     UPLOAD_CONNECTION_FAILED = "upload_connection_failed"
     #: the board's ArduinoOTA refused the stored OTA password, or asked for one and none is stored: not

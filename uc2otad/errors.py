@@ -58,6 +58,8 @@ Uc2otadError
     │   └── NoRollbackImageError           Rollback: no earlier image of the board kept firmware_not_found
     ├── ListingError                       the server sent no usable JSON listing      firmware_not_found
     ├── ManifestError                      version.json is present but not valid      download_corrupt
+    ├── BundleError                        an offline release bundle breaks a rule    download_corrupt
+    ├── SignatureInvalidError              not signed by a trusted key (minisign)     signature_invalid
     ├── DownloadError
     │   ├── DownloadTimeoutError (TimeoutError)   too slow                             download_timeout
     │   ├── ServerUnreachableError         refused, reset, 5xx after every retry       download_timeout
@@ -75,6 +77,7 @@ Uc2otadError
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from uc2otad.contract import ErrorCode
@@ -221,6 +224,58 @@ class ManifestError(FirmwareError):
     """The server's ``version.json`` exists but cannot be trusted as written."""
 
     error_code = ErrorCode.DOWNLOAD_CORRUPT
+
+
+class BundleError(FirmwareError):
+    """An offline release bundle (a ``.zip`` or ``.tar.gz`` from a USB stick, issue 21) breaks one of the
+    rules of :mod:`uc2otad.firmware.bundle`, and none of its images is used. ``rule`` names the rule
+    (``sha256``, ``traversal``, ``too_large``…), ``name`` the member concerned when there is one."""
+
+    error_code = ErrorCode.DOWNLOAD_CORRUPT
+
+    def __init__(self, message: str, *, rule: str, name: str | None = None) -> None:
+        super().__init__(message, name=name)
+        #: which rule of the bundle reader refused it
+        self.rule = rule
+
+
+class SignatureReason(StrEnum):
+    """Why :class:`SignatureInvalidError` refused a signature: each needs another fix by a person."""
+
+    #: a ``.minisig`` or a trusted ``.pub`` file is not minisign's format (the file is named)
+    MALFORMED = "malformed"
+    #: a trusted ``.pub`` file, or the keys folder, cannot be read (permissions, missing)
+    KEY_UNREADABLE = "key_unreadable"
+    #: signed by a key whose ``.pub`` is not in the trusted folder (the lab's not installed, or a stranger's)
+    UNKNOWN_KEY = "unknown_key"
+    #: the key id is trusted but the signature does not match: the data changed, or another key has the id
+    BAD_SIGNATURE = "bad_signature"
+    #: the data's signature is good but the trusted comment (the signed metadata line) was changed
+    BAD_TRUSTED_COMMENT = "bad_trusted_comment"
+    #: signatures are enforced and the source has no ``version.json``, or no signature of it
+    UNSIGNED = "unsigned"
+    #: the image is not listed in the signed ``version.json`` (refused before it is downloaded)
+    NOT_LISTED = "not_listed"
+    #: the image's size or sha256 differs from the signed ``version.json`` (deleted before the cache)
+    DIGEST_MISMATCH = "digest_mismatch"
+
+
+class SignatureInvalidError(FirmwareError):
+    """A file from the firmware server (its ``version.json``) is not signed by a trusted key (issue 21).
+
+    Not retried: the server would send the same bytes and the same signature again. ``key_id`` is the
+    signature's (or key file's) key id in hex as minisign prints it, never any other key material.
+    """
+
+    error_code = ErrorCode.SIGNATURE_INVALID
+
+    def __init__(
+        self, message: str, *, reason: SignatureReason, key_id: str | None = None, name: str | None = None
+    ) -> None:
+        super().__init__(message, name=name)
+        self.reason = reason
+        #: the key id concerned (16 hex digits), when one is known
+        self.key_id = key_id
 
 
 class DownloadError(FirmwareError):

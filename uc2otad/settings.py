@@ -22,6 +22,7 @@ Config file layout (every key optional)::
     [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
                connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
                channel = "stable"   (or "beta": prereleases too)
+               keys_dir = "/etc/uc2otad/keys"   require_signature = false   (minisign, issue 21)
     [catalog.images]  "11" = ["lab_motor_x.bin"]
     [wifi]     ssid = "uc2-lab"   ota_port = 3232   join_timeout = 45.0   invite_timeout = 10.0
                chunk_timeout = 20.0   host_ip = ""   host_port = 0
@@ -56,6 +57,7 @@ from uc2otad.firmware.server import (
     READ_TIMEOUT,
     TRANSFER_TIMEOUT,
 )
+from uc2otad.firmware.signing import DEFAULT_KEYS_DIR
 from uc2otad.firmware.source import normalize_source_url
 from uc2otad.secrets import MAX_SSID_BYTES as MAX_SSID_BYTES  # noqa: PLC0414 - api/arguments.py reads it here
 from uc2otad.secrets import check_ssid
@@ -111,6 +113,10 @@ class Settings:
     firmware_attempts: int | None = None
     #: "stable" never offers a prerelease; "beta" offers every release (uc2otad.firmware.channels)
     firmware_channel: Channel = "stable"
+    #: the trusted minisign public keys (``*.pub``); one there turns signature checks on (issue 21)
+    firmware_keys_dir: Path = DEFAULT_KEYS_DIR
+    #: refuse unsigned firmware even with no key installed
+    firmware_require_signature: bool = False
     catalog_images: Mapping[str, Any] = field(default_factory=dict)
     wifi_ssid: str = ""
     #: None: ``methods.arduino_ota.uploader.ARDUINO_OTA_PORT``
@@ -289,6 +295,8 @@ _PARSERS: dict[str, tuple[str, Callable[[object, str], object]]] = {
     "firmware.transfer_timeout": ("firmware_transfer_timeout", _positive_float),
     "firmware.attempts": ("firmware_attempts", _positive_int),
     "firmware.channel": ("firmware_channel", _choice(*CHANNELS)),
+    "firmware.keys_dir": ("firmware_keys_dir", _path),
+    "firmware.require_signature": ("firmware_require_signature", _flag),
     "catalog.images": ("catalog_images", _images),
     "wifi.ssid": ("wifi_ssid", _ssid),
     "wifi.ota_port": ("wifi_ota_port", _positive_port),

@@ -28,6 +28,7 @@ from uc2otad.errors import (
     LinkOpenError,
     NoJobError,
     PortInUseError,
+    SignatureInvalidError,
     Uc2otadError,
     UnhealthyError,
     UnknownCookieError,
@@ -54,6 +55,7 @@ _ERROR_NAMES: tuple[tuple[type[Exception], str], ...] = (
     (PortInUseError, names.BUSY),
     (LinkClosedError, names.NOT_CONNECTED),
     (LinkOpenError, names.NOT_CONNECTED),
+    (SignatureInvalidError, names.SIGNATURE_INVALID),
     (FirmwareError, names.FAILED),
     (Uc2otadError, names.FAILED),
 )

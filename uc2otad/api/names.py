@@ -14,6 +14,8 @@ NOT_CONNECTED = ERROR_PREFIX + "NotConnected"
 NOT_PERMITTED = ERROR_PREFIX + "NotPermitted"
 #: issue 19: a check before the update failed (its reason in the message)
 UNHEALTHY = ERROR_PREFIX + "Unhealthy"
+#: issue 21: the firmware server's files are not signed by a trusted key (the reason in the message)
+SIGNATURE_INVALID = ERROR_PREFIX + "SignatureInvalid"
 FAILED = ERROR_PREFIX + "Failed"
 
 #: the engine's property (``Properties`` field) → its D-Bus property name

@@ -18,6 +18,7 @@ from uc2otad.engine.health import HealthSettings
 from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.channels import STABLE, Channel
 from uc2otad.firmware.server import HttpSettings
+from uc2otad.firmware.signing import SigningPolicy
 from uc2otad.links.serial_hat import HatSettings
 from uc2otad.methods.verify import VerifySettings
 from uc2otad.retry import RetryPolicy
@@ -61,6 +62,8 @@ class FirmwareSettings:
     images: ImageTable
     #: ``firmware.channel``: "stable" never offers a prerelease (:mod:`uc2otad.firmware.channels`)
     channel: Channel = STABLE
+    #: ``firmware.keys_dir`` and ``require_signature`` (:mod:`uc2otad.firmware.signing`)
+    signing: SigningPolicy = field(default_factory=SigningPolicy)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from uc2otad.engine.rollback import (
     LastKnownGood,
     RollbackReason,
     cached_of,
+    check_kept,
     record_of,
     slave_image,
 )
@@ -71,6 +72,7 @@ from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID
 from uc2otad.firmware.known_good import KnownGoodImages, KnownGoodRecord
 from uc2otad.firmware.repository import FirmwareRepository
+from uc2otad.firmware.signing import SignedManifest
 from uc2otad.firmware.source import normalize_source_url, open_source
 from uc2otad.methods.base import WifiCredentials
 
@@ -133,6 +135,7 @@ def repository_for(firmware: FirmwareSettings, server_url: str) -> FirmwareRepos
         FirmwareCache(firmware.cache_dir),
         firmware.images,
         channel=firmware.channel,
+        signing=firmware.signing,
     )
 
 
@@ -505,6 +508,7 @@ class Engine:
         :raises InvalidArgumentError, InhibitedError, JobBusyError, LinkError: as :meth:`start_ota`
         """
         kept = await self.known_good.previous(check_can_id(can_id))
+        await asyncio.to_thread(check_kept, kept, self.config.firmware.signing)
         record = kept.record
         reply = {"status": "success", "can_id": can_id, "firmware": record.name, "sha256": record.sha256,
                  "firmware_version": record.version}  # fmt: skip
@@ -536,17 +540,19 @@ class Engine:
         image = job.image
         if image is not None:
             source = None if image.resolved.source == "known_good" else self.repository.server.url
-            self._keep(job.can_id, record_of(image, image.version, source), image.data)
+            self._keep(job.can_id, record_of(image, image.version, source), image.data, image.resolved.signed)
 
     async def _keep_master_image(self, image: CachedImage, version: str | None) -> None:
         """The master was flashed: keep its image for a later rollback (never raises)."""
         source = None if image.verified_by == "known_good" else self.repository.server.url
         self._keep(MASTER_CAN_ID, record_of(image, version, source), image.data)
 
-    def _keep(self, can_id: int, record: KnownGoodRecord, data: bytes) -> None:
+    def _keep(
+        self, can_id: int, record: KnownGoodRecord, data: bytes, signed: SignedManifest | None = None
+    ) -> None:
         """Keep an image beside the job rather than in it, so that the board is free again as soon as
         its success is published (the next update does not find it busy)."""
-        keeping = self.known_good.remember(can_id, record, data)
+        keeping = self.known_good.remember(can_id, record, data, signed)
         task = asyncio.create_task(keeping, name=f"keep the image of board {can_id}")
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)

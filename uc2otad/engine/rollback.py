@@ -21,14 +21,21 @@ from collections.abc import Iterable
 from typing import Literal
 
 from uc2otad.engine.store import JobRecord, StatusStore
-from uc2otad.errors import FirmwareNotFoundError, NoRollbackImageError, Uc2otadError
+from uc2otad.errors import (
+    FirmwareNotFoundError,
+    NoRollbackImageError,
+    SignatureInvalidError,
+    SignatureReason,
+    Uc2otadError,
+)
 from uc2otad.firmware.cache import CachedImage
 from uc2otad.firmware.catalog import MASTER_CAN_ID, SLAVE_CHIP, ResolvedImage
 from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE, validate_app_image
 from uc2otad.firmware.known_good import KnownGoodImage, KnownGoodImages, KnownGoodRecord
 from uc2otad.firmware.listing import FirmwareFile
-from uc2otad.firmware.manifest import ManifestFile
+from uc2otad.firmware.manifest import ManifestFile, parse_manifest
 from uc2otad.firmware.repository import VerifiedImage
+from uc2otad.firmware.signing import SignedManifest, SigningPolicy, check_signed
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,13 +71,16 @@ class LastKnownGood:
         #: one keep-and-prune at a time: a prune must not delete what another success is keeping
         self._lock = asyncio.Lock()
 
-    async def remember(self, can_id: int, record: KnownGoodRecord, data: bytes) -> None:
+    async def remember(
+        self, can_id: int, record: KnownGoodRecord, data: bytes, signed: SignedManifest | None = None
+    ) -> None:
         """A job installed ``data`` on board ``can_id`` and its row says success: keep the image, and
         delete those no board needs any more. Never raises: a full disk costs the rollback, never the
         update that succeeded (the journal says so)."""
         async with self._lock:
             try:
-                await self.images.keep(record, data)
+                kept_signed = (signed.manifest, signed.signature) if signed is not None else None
+                await self.images.keep(record, data, kept_signed)
                 needed = await self._needed()
                 await self.images.prune({*needed, record.sha256})
             except Uc2otadError as err:
@@ -107,6 +117,28 @@ class LastKnownGood:
         for can_id in boards:
             needed.update(installed(await self._store.history(can_id, limit=_ROWS_PER_BOARD)))
         return needed
+
+
+def check_kept(kept: KnownGoodImage, policy: SigningPolicy) -> None:
+    """With signatures enforced now, a kept image goes back only if the ``version.json`` kept beside it
+    is signed by a key trusted now and lists it with its size and sha256 (issue 21). Blocking.
+
+    :raises SignatureInvalidError: no signed manifest kept with it (it came unsigned), a signature the
+        keys trusted now refuse, or a manifest that does not list this very image
+    """
+    keys = policy.trusted_keys()
+    if keys is None:
+        return
+    record = kept.record
+    signed = check_signed(kept.manifest, kept.signature, keys)
+    promise = parse_manifest(signed.manifest).files.get(record.name)
+    if promise is None or (promise.size, promise.sha256) != (record.size, record.sha256):
+        raise SignatureInvalidError(
+            f"the kept image {record.name} ({record.sha256}) is not the one its signed manifest lists",
+            reason=SignatureReason.NOT_LISTED if promise is None else SignatureReason.DIGEST_MISMATCH,
+            key_id=signed.key_id,
+            name=record.name,
+        )
 
 
 def record_of(image: VerifiedImage | CachedImage, version: str | None, source: str | None) -> KnownGoodRecord:

@@ -59,6 +59,8 @@ ERROR_ROWS: Mapping[str, str] = {  # by ErrorCode
     ErrorCode.FIRMWARE_NOT_FOUND: "Firmware not found: missing firmware on server. Upload firmware to server",
     ErrorCode.DOWNLOAD_TIMEOUT: "Download timeout: server unreachable. Check server URL and network",
     ErrorCode.DOWNLOAD_CORRUPT: "Verification failed: corrupted download. Clear cache, retry",
+    ErrorCode.SIGNATURE_INVALID: "Signature invalid: the firmware is not signed by a trusted key. "
+    "Check the server's signature and /etc/uc2otad/keys",
     ErrorCode.DISK_FULL: "Disk full: no room for the firmware cache on its disk. "
     "Free space or clear the cache",
     ErrorCode.UPLOAD_CONNECTION_FAILED: "Upload failed: device busy or low memory. Restart device, retry",

@@ -35,7 +35,15 @@ from typing import Any, BinaryIO, Literal
 
 from uc2otad import timestamps
 from uc2otad.aio import run_stoppable
-from uc2otad.errors import CacheBusyError, CacheError, CacheFullError, DownloadCorruptError, Uc2otadError
+from uc2otad.errors import (
+    CacheBusyError,
+    CacheError,
+    CacheFullError,
+    DownloadCorruptError,
+    SignatureInvalidError,
+    SignatureReason,
+    Uc2otadError,
+)
 from uc2otad.firmware.listing import FirmwareFile
 from uc2otad.firmware.manifest import ManifestFile
 from uc2otad.firmware.names import check_file_name
@@ -133,11 +141,18 @@ class FirmwareCache:
         await run_stoppable(lambda _stop: self._open())
 
     async def fetch(
-        self, server: FirmwareSource, file: FirmwareFile, promise: ManifestFile | None
+        self,
+        server: FirmwareSource,
+        file: FirmwareFile,
+        promise: ManifestFile | None,
+        *,
+        signed: bool = False,
     ) -> CachedImage:
         """The image ``file`` of ``server``, from the cache when it is provably current, else downloaded.
 
         :param promise: the manifest's size and sha256 for the file, when the server publishes them
+        :param signed: ``promise`` comes from a signed manifest: a download that differs from it is
+            :class:`SignatureInvalidError` (``signature_invalid``) rather than ``download_corrupt``
         :raises UnsafeFileNameError: ``file.name`` is not a plain file name
         :raises FirmwareNotFoundError, DownloadError: as :meth:`FirmwareServer.download`
         :raises DownloadCorruptError: the bytes differ from the manifest or from the listed size
@@ -146,7 +161,7 @@ class FirmwareCache:
         check_file_name(file.name)
         lock = self._locks.setdefault(file.name, asyncio.Lock())
         async with lock, self.use():
-            image = await run_stoppable(lambda stop: self._fetch(server, file, promise, stop))
+            image = await run_stoppable(lambda stop: self._fetch(server, file, promise, stop, signed))
         self.downloaded_bytes += image.downloaded_bytes
         return image
 
@@ -191,7 +206,12 @@ class FirmwareCache:
         self._opened = True
 
     def _fetch(
-        self, server: FirmwareSource, file: FirmwareFile, promise: ManifestFile | None, stop: threading.Event
+        self,
+        server: FirmwareSource,
+        file: FirmwareFile,
+        promise: ManifestFile | None,
+        stop: threading.Event,
+        signed: bool = False,
     ) -> CachedImage:
         self._open()
         path = self.path_of(file.name)
@@ -222,7 +242,7 @@ class FirmwareCache:
             if not result.modified and cached is not None:
                 _LOGGER.debug("%s: %s not modified on the server; reused", self, file.name)
                 return CachedImage(file.name, path, cached[0], cached[1], 0, "server", cached[2])
-            _check_download(file, promise, result.size, result.sha256)
+            _check_download(file, promise, result.size, result.sha256, signed=signed)
             _fsync_file(sink)
             sink.seek(0)
             data = sink.read()
@@ -325,8 +345,18 @@ def _cache_error(cache: FirmwareCache, doing: str, err: OSError) -> CacheError:
     return CacheError(f"{cache}: {doing}: {err.strerror}")
 
 
-def _check_download(file: FirmwareFile, promise: ManifestFile | None, size: int, sha256: str) -> None:
-    """Compare what arrived with what was promised: the manifest when there is one, else the listing."""
+def _check_download(
+    file: FirmwareFile, promise: ManifestFile | None, size: int, sha256: str, *, signed: bool = False
+) -> None:
+    """Compare what arrived with what was promised: the manifest when there is one, else the listing.
+    Against a signed manifest a difference is the signature's refusal (the temporary file is deleted)."""
+    if promise is not None and signed and (size, sha256) != (promise.size, promise.sha256):
+        raise SignatureInvalidError(
+            f"{file.name}: {size} bytes sha256 {sha256}, not the {promise.size} bytes sha256 "
+            f"{promise.sha256} of the signed manifest; deleted",
+            reason=SignatureReason.DIGEST_MISMATCH,
+            name=file.name,
+        )
     if promise is not None:
         if size != promise.size:
             raise DownloadCorruptError(

@@ -21,12 +21,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from uc2otad.errors import ConfigError, FirmwareNotFoundError
+from uc2otad.errors import ConfigError, FirmwareNotFoundError, SignatureInvalidError, SignatureReason
 from uc2otad.firmware.listing import FirmwareFile, Listing
-from uc2otad.firmware.manifest import Manifest, ManifestFile
+from uc2otad.firmware.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from uc2otad.firmware.names import MERGED_SUFFIX, check_file_name, is_image_name, is_merged_name
+
+if TYPE_CHECKING:
+    from uc2otad.firmware.signing import SignedManifest
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -84,6 +87,9 @@ class ResolvedImage:
     source: ImageSource
     #: the manifest's size and sha256 for the file; None if the server has no manifest or omits the file
     promise: ManifestFile | None = None
+    #: the signed manifest that lists it, when signatures are enforced (:mod:`.signing`): its size and
+    #: sha256 are then the signature's word, and a download that differs is ``signature_invalid``
+    signed: SignedManifest | None = None
 
     @property
     def name(self) -> str:
@@ -98,12 +104,21 @@ class Catalog:
     """One snapshot of a server (listing + manifest) and the rules above."""
 
     def __init__(
-        self, server_url: str, listing: Listing, manifest: Manifest | None, table: ImageTable | None = None
+        self,
+        server_url: str,
+        listing: Listing,
+        manifest: Manifest | None,
+        table: ImageTable | None = None,
+        *,
+        signed: SignedManifest | None = None,
     ) -> None:
+        """:param signed: the manifest's verified signature, when signatures are enforced: an image it
+        does not list is then refused (``signature_invalid``) rather than offered unchecked"""
         self.server_url = server_url
         self.listing = listing
         self.manifest = manifest
         self.table = table or ImageTable.standard()
+        self.signed = signed
 
     def resolve(
         self, can_id: int, *, reported_image: str | None = None, name: str | None = None
@@ -160,14 +175,14 @@ class Catalog:
         """Every board id that has an image: the master, the table's ids and ids with a custom image."""
         reported_images = reported_images or {}
         found: dict[int, ResolvedImage] = {}
-        with contextlib.suppress(FirmwareNotFoundError):
+        with contextlib.suppress(FirmwareNotFoundError, SignatureInvalidError):
             found[MASTER_CAN_ID] = self.resolve_master()
         for can_id in sorted(set(self.table.slaves) | self._custom_ids() | set(reported_images)):
             if can_id == MASTER_CAN_ID or not 0 < can_id <= MAX_CAN_ID:
                 continue
             try:
                 found[can_id] = self.resolve(can_id, reported_image=reported_images.get(can_id))
-            except FirmwareNotFoundError:
+            except (FirmwareNotFoundError, SignatureInvalidError):  # the journal has the unlisted ones
                 continue
         return found
 
@@ -239,6 +254,17 @@ class Catalog:
 
     def _resolved(self, can_id: int, file: FirmwareFile, source: ImageSource) -> ResolvedImage:
         promise = self.manifest.files.get(file.name) if self.manifest else None
+        if self.signed is not None:
+            if promise is None:
+                _LOGGER.warning("catalog: %s is not in the signed manifest; refused", file.name)
+                raise SignatureInvalidError(
+                    f"{file.name} is not listed in the signed {MANIFEST_NAME} (key {self.signed.key_id}): "
+                    "refused before download",
+                    reason=SignatureReason.NOT_LISTED,
+                    key_id=self.signed.key_id,
+                    name=file.name,
+                )
+            return ResolvedImage(can_id=can_id, file=file, source=source, promise=promise, signed=self.signed)
         if self.manifest is not None and promise is None:
             _LOGGER.warning(
                 "catalog: %s is not in the manifest; it can only be checked against its size", file.name

@@ -113,6 +113,14 @@ class FirmwareFolder:
         """
         return await run_stoppable(lambda _stop: self._get_manifest())
 
+    async def get_document(self, name: str, limit: int) -> bytes | None:
+        """The small file ``name`` of the folder (``version.json``, its signature), or None if absent.
+
+        :raises ManifestError: a symbolic link, or larger than ``limit`` bytes
+        :raises ServerUnreachableError: it cannot be read
+        """
+        return await run_stoppable(lambda _stop: self._read_small(check_file_name(name), limit))
+
     def download_blocking(
         self,
         name: str,
@@ -193,7 +201,11 @@ class FirmwareFolder:
         return Listing(files, tuple(refused))
 
     def _get_manifest(self) -> Manifest | None:
-        path = self.path / MANIFEST_NAME
+        body = self._read_small(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        return None if body is None else parse_manifest(body)
+
+    def _read_small(self, name: str, limit: int) -> bytes | None:
+        path = self.path / name
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -203,10 +215,10 @@ class FirmwareFolder:
                 raise ManifestError(f"{path} is a symbolic link; links are not followed") from err
             raise ServerUnreachableError(f"{path} cannot be read: {err.strerror}") from err
         with os.fdopen(descriptor, "rb") as source:
-            body = source.read(MAX_MANIFEST_BYTES + 1)
-        if len(body) > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
-        return parse_manifest(body)
+            body = source.read(limit + 1)
+        if len(body) > limit:
+            raise ManifestError(f"{path} is larger than {limit} bytes")
+        return body
 
 
 def _stamp(info: os.stat_result) -> str:

@@ -12,6 +12,9 @@ ClearFirmwareCache unless it is told ``include_known_good``)::
 
     .known-good/<sha256>        the image's bytes (0644, as the cache's)
     .known-good/<sha256>.json   what it was: name, size, version, where it came from, when it was kept
+    .known-good/<sha256>.manifest, <sha256>.minisig   the signed version.json that listed it, and its
+                                signature (issue 21: a rollback's image is checked again against the
+                                keys trusted at the rollback), when signatures were enforced
 
 The file's name is its sha256: two boards with one image share one file, and a damaged file is found
 by hashing it before it is handed out, never sent. Which images stay is not decided here but by the
@@ -44,6 +47,8 @@ _LOGGER = logging.getLogger(__name__)
 FOLDER = ".known-good"
 _TEMP_PREFIX = ".tmp-"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: the suffixes of the signed manifest and its signature beside a kept image
+_MANIFEST, _SIGNATURE = ".manifest", ".minisig"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class KnownGoodImage:
     record: KnownGoodRecord
     path: Path
     data: bytes
+    #: the signed ``version.json`` that listed it and its signature; None when it came unsigned
+    manifest: bytes | None = None
+    signature: bytes | None = None
 
 
 class KnownGoodImages:
@@ -91,13 +99,16 @@ class KnownGoodImages:
     def __repr__(self) -> str:
         return f"KnownGoodImages({str(self.directory)!r})"
 
-    async def keep(self, record: KnownGoodRecord, data: bytes) -> None:
-        """Keep ``data`` as ``record`` says (no-op when it is kept already).
+    async def keep(
+        self, record: KnownGoodRecord, data: bytes, signed: tuple[bytes, bytes] | None = None
+    ) -> None:
+        """Keep ``data`` as ``record`` says (no-op when it is kept already), with ``signed`` (the
+        ``version.json`` that listed it and its signature) beside it.
 
         :raises CacheError: the folder cannot be written (the disk is full…)
         """
         async with self._turn:
-            await run_stoppable(lambda _stop: self._keep(record, data))
+            await run_stoppable(lambda _stop: self._keep(record, data, signed))
 
     async def load(self, sha256: str) -> KnownGoodImage:
         """The kept image ``sha256``, its bytes checked.
@@ -125,15 +136,19 @@ class KnownGoodImages:
 
     # ---- blocking side (worker threads) -------------------------------------------------------------
 
-    def _keep(self, record: KnownGoodRecord, data: bytes) -> None:
+    def _keep(self, record: KnownGoodRecord, data: bytes, signed: tuple[bytes, bytes] | None) -> None:
         path = self._path(record.sha256)
         if self._read_record(record.sha256) is not None and _digest_of(path) == record.sha256:
+            if signed is not None:  # kept before, unsigned or under an older signature: the newer word
+                self._keep_signed(path, signed)
             return
         if hashlib.sha256(data).hexdigest() != record.sha256:
             raise CacheError(f"{self}: the bytes of {record.name} do not match the sha256 to keep them under")
         try:
             self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
             self._write_atomically(path, data)
+            if signed is not None:
+                self._keep_signed(path, signed)
             kept = (
                 record
                 if record.kept_at
@@ -166,7 +181,9 @@ class KnownGoodImages:
             raise FirmwareNotFoundError(
                 f"the kept image {record.name} ({sha256}) was damaged on disk and is deleted"
             )
-        return KnownGoodImage(record, path, data)
+        return KnownGoodImage(
+            record, path, data, _read_optional(path, _MANIFEST), _read_optional(path, _SIGNATURE)
+        )
 
     def _records(self) -> list[KnownGoodRecord]:
         records = (self._read_record(sha256) for sha256 in self._hashes())
@@ -212,7 +229,14 @@ class KnownGoodImages:
     def _delete(self, sha256: str) -> None:
         path = self._path(sha256)
         path.with_name(path.name + ".json").unlink(missing_ok=True)  # the record first: no record, no image
+        for suffix in (_MANIFEST, _SIGNATURE):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+
+    def _keep_signed(self, path: Path, signed: tuple[bytes, bytes]) -> None:
+        manifest, signature = signed
+        self._write_atomically(path.with_name(path.name + _MANIFEST), manifest)
+        self._write_atomically(path.with_name(path.name + _SIGNATURE), signature)
 
     def _write_atomically(self, path: Path, data: bytes) -> None:
         temporary = self.directory / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
@@ -225,6 +249,13 @@ class KnownGoodImages:
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
+
+
+def _read_optional(path: Path, suffix: str) -> bytes | None:
+    try:
+        return path.with_name(path.name + suffix).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _digest_of(path: Path) -> str | None:

@@ -19,6 +19,9 @@ from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import SLAVE_CHIP, Catalog, ImageTable, ResolvedImage
 from uc2otad.firmware.channels import STABLE, Channel, on_channel
 from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
+from uc2otad.firmware.manifest import MANIFEST_NAME, parse_manifest
+from uc2otad.firmware.server import MAX_MANIFEST_BYTES
+from uc2otad.firmware.signing import MAX_SIGNATURE_BYTES, SIGNATURE_NAME, SigningPolicy, check_signed
 from uc2otad.firmware.source import FirmwareSource
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,12 +78,17 @@ class FirmwareRepository:
         table: ImageTable | None = None,
         *,
         channel: Channel = STABLE,
+        signing: SigningPolicy | None = None,
     ) -> None:
-        """:param channel: the release channel: on ``stable`` no prerelease is offered (:mod:`.channels`)"""
+        """
+        :param channel: the release channel: on ``stable`` no prerelease is offered (:mod:`.channels`)
+        :param signing: when ``version.json`` must be signed, and by which keys (:mod:`.signing`)
+        """
         self.server = server
         self.cache = cache
         self.table = table or ImageTable.standard()
         self.channel = channel
+        self.signing = signing or SigningPolicy()
         #: the catalog fetch callers share while it runs; None when none runs
         self._catalog_fetch: _CatalogFetch | None = None
 
@@ -120,10 +128,22 @@ class FirmwareRepository:
             self._catalog_fetch = None
 
     async def _fetch_catalog(self) -> Catalog:
-        listing, manifest = await asyncio.gather(
-            self.server.list_files(max_image_size=self.cache.max_image_size), self.server.get_manifest()
+        keys = await asyncio.to_thread(self.signing.trusted_keys)
+        if keys is None:
+            listing, manifest = await asyncio.gather(
+                self.server.list_files(max_image_size=self.cache.max_image_size), self.server.get_manifest()
+            )
+            return Catalog(self.server.url, on_channel(listing, manifest, self.channel), manifest, self.table)
+        listing, raw, signature = await asyncio.gather(
+            self.server.list_files(max_image_size=self.cache.max_image_size),
+            self.server.get_document(MANIFEST_NAME, MAX_MANIFEST_BYTES),
+            self.server.get_document(SIGNATURE_NAME, MAX_SIGNATURE_BYTES),
         )
-        return Catalog(self.server.url, on_channel(listing, manifest, self.channel), manifest, self.table)
+        signed = await asyncio.to_thread(check_signed, raw, signature, keys)  # cryptography loads here
+        manifest = parse_manifest(signed.manifest)  # the very bytes verified
+        _LOGGER.info("firmware: %s of %s signed by key %s", MANIFEST_NAME, self.server.url, signed.key_id)
+        listing = on_channel(listing, manifest, self.channel)
+        return Catalog(self.server.url, listing, manifest, self.table, signed=signed)
 
     async def obtain(
         self,
@@ -144,7 +164,9 @@ class FirmwareRepository:
         """
         catalog = catalog or await self.catalog()
         resolved = catalog.resolve(can_id, reported_image=reported_image, name=name)
-        cached = await self.cache.fetch(self.server, resolved.file, resolved.promise)
+        cached = await self.cache.fetch(
+            self.server, resolved.file, resolved.promise, signed=resolved.signed is not None
+        )
         info = await run_stoppable(lambda _stop: _check_app(cached, SLAVE_CHIP))
         _LOGGER.info(
             "firmware: board=%d image=%s source=%s version=%s downloaded=%d",

@@ -161,6 +161,25 @@ class FirmwareServer:
         """
         return await run_stoppable(self._get_manifest)
 
+    async def get_document(self, name: str, limit: int) -> bytes | None:
+        """The small file ``name`` beside the images (``version.json``, its signature), as served, or
+        None when the server has none (404, 410).
+
+        :raises ManifestError: another status, or larger than ``limit`` bytes
+        :raises ServerUnreachableError, DownloadTimeoutError: the server could not be reached in time
+        """
+        url = self.file_url(name)
+
+        def fetch(stop: threading.Event) -> bytes | None:
+            status, _, body = self._with_retries(stop, lambda: self._get_small(url, limit, ManifestError))
+            if status in (404, 410):
+                return None
+            if status != 200:
+                raise ManifestError(f"firmware server answered {status} for {url}")
+            return body
+
+        return await run_stoppable(fetch)
+
     async def download(
         self,
         name: str,

@@ -38,6 +38,8 @@ class FirmwareSource(Protocol):
 
     async def get_manifest(self) -> Manifest | None: ...
 
+    async def get_document(self, name: str, limit: int) -> bytes | None: ...
+
     def download_blocking(
         self,
         name: str,

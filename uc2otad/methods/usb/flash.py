@@ -573,7 +573,9 @@ class UsbFlasher:
         repository = self._repository()
         catalog = await repository.catalog()
         resolved = catalog.resolve_master(name=options.firmware, merged=options.erase_flash)
-        cached = await repository.cache.fetch(repository.server, resolved.file, resolved.promise)
+        cached = await repository.cache.fetch(
+            repository.server, resolved.file, resolved.promise, signed=resolved.signed is not None
+        )
         _LOGGER.info("usb: master image=%s source=%s size=%d", cached.name, resolved.source, cached.size)
         return cached
 
