@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_minisign import KeyPair, new_key, program  # noqa: F401 - fixtures
 
-from uc2otad.engine.rollback import installed
+from uc2otad.engine.rollback import check_kept, installed
 from uc2otad.engine.store import JobRecord
-from uc2otad.errors import FirmwareNotFoundError
-from uc2otad.firmware.known_good import FOLDER, KnownGoodImages, KnownGoodRecord
+from uc2otad.errors import FirmwareNotFoundError, SignatureInvalidError
+from uc2otad.firmware.known_good import FOLDER, KnownGoodImage, KnownGoodImages, KnownGoodRecord
+from uc2otad.firmware.signing import SigningPolicy
 
 FIRST, SECOND, THIRD = b"first image" * 100, b"second image" * 100, b"third image" * 100
 
@@ -96,3 +101,26 @@ def test_installed_is_each_boards_newest_two_distinct_successful_images() -> Non
     assert installed(newest_first) == ["b", "a"]
     assert installed(newest_first[:1]) == []
     assert installed([row(1, "a")]) == ["a"]
+
+
+def test_a_kept_image_goes_back_under_signatures_only_with_its_signed_manifest(
+    new_key: Callable[..., KeyPair],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """Issue 21: with a trusted key installed, Rollback checks the manifest and signature kept beside the
+    image against the keys trusted now (``engine/rollback.py`` ``check_kept``)."""
+    lab = new_key("lab")
+    policy = SigningPolicy(keys_dir=lab.public.parent)
+    manifest = tmp_path / "version.json"
+    manifest.write_text(
+        json.dumps({"version": "v1", "files": {"motor.bin": {"size": len(FIRST), "sha256": sha(FIRST)}}})
+    )
+    signature = lab.sign(manifest).read_bytes()
+    kept = KnownGoodImage(record(FIRST), tmp_path / sha(FIRST), FIRST, manifest.read_bytes(), signature)
+
+    check_kept(kept, policy)  # signed by a trusted key, listing this very image
+    check_kept(replace(kept, manifest=None, signature=None), SigningPolicy(keys_dir=tmp_path / "none"))
+    with pytest.raises(SignatureInvalidError, match=r"not signed|no version\.json"):
+        check_kept(replace(kept, manifest=None, signature=None), policy)  # kept before signatures
+    with pytest.raises(SignatureInvalidError, match="not the one its signed manifest lists"):
+        check_kept(replace(kept, record=record(SECOND)), policy)
