@@ -1,6 +1,6 @@
 """Release channels (issue 21, ``firmware/channels.py``): on ``stable`` an image whose version.json
 version is a prerelease (the release workflow's rule: "beta" or "alpha" in the tag) is not offered; on
-``beta`` it is. Through the daemon, with a firmware folder as the source."""
+``beta``, the default, it is. Through the daemon, with a firmware folder as the source."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from uc2otad.firmware.channels import is_prerelease, on_channel
 from uc2otad.firmware.listing import FirmwareFile, Listing
 from uc2otad.firmware.manifest import parse_manifest
 
+#: the config file's line that makes a microscope stable
+STABLE = '[firmware]\nchannel = "stable"\n'
 BETA = build_app_image("esp32s3", version="v2099.7.0-beta.1", segment_sizes=(0x1000, 0x200, 0x800, 0x400))
 
 
@@ -71,12 +73,13 @@ async def test_a_prerelease_is_offered_on_beta_and_not_on_stable(
     await asyncio.to_thread(publish)
     async with microscope_for(tmp_path) as scope:
         flags = ("--serial-port", str(scope.config.serial_link), "--firmware-server", str(folder))
-        daemon = await start_daemon(*flags, config=FAST_UPDATE)
+        daemon = await start_daemon(*flags, config=FAST_UPDATE.replace("[firmware]\n", STABLE))
         stable_check = unwrap((await call(client, "CheckUpdates")).body[0])
         stable_start = await call(client, "StartOTA", "ua{sv}", NODE, {})
         await asyncio.to_thread(daemon.stop)
         await asyncio.to_thread(
-            daemon.config.write_text, FAST_UPDATE.replace("[firmware]\n", '[firmware]\nchannel = "beta"\n')
+            daemon.config.write_text,
+            FAST_UPDATE,  # the default channel: beta
         )
         await asyncio.to_thread(daemon.start)
         beta_check = unwrap((await call(client, "CheckUpdates")).body[0])

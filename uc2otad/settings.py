@@ -21,7 +21,7 @@ Config file layout (every key optional)::
                handshake_timeout = 2.0   reconnect_max_delay = 10.0   master_rx_timeout = 30.0
     [firmware] server = "http://localhost/firmware"   cache_dir = "/var/cache/uc2otad"
                connect_timeout = 5.0   read_timeout = 10.0   transfer_timeout = 60.0   attempts = 3
-               channel = "stable"   (or "beta": prereleases too)
+               channel = "beta"   (every release; "stable": no prerelease)
                keys_dir = "/etc/uc2otad/keys"   require_signature = false   (minisign, issue 21)
     [catalog.images]  "11" = ["lab_motor_x.bin"]
     [wifi]     ssid = "uc2-lab"   ota_port = 3232   join_timeout = 45.0   invite_timeout = 10.0
@@ -50,7 +50,7 @@ from typing import Any, Literal
 from uc2otad.errors import ConfigError
 from uc2otad.firmware.cache import default_cache_dir
 from uc2otad.firmware.catalog import ImageTable
-from uc2otad.firmware.channels import CHANNELS, Channel
+from uc2otad.firmware.channels import CHANNELS, DEFAULT_CHANNEL, Channel
 from uc2otad.firmware.server import (
     CONNECT_TIMEOUT,
     DEFAULT_SERVER_URL,
@@ -112,7 +112,7 @@ class Settings:
     #: None: ``retry.RetryPolicy.attempts``
     firmware_attempts: int | None = None
     #: "stable" never offers a prerelease; "beta" offers every release (uc2otad.firmware.channels)
-    firmware_channel: Channel = "stable"
+    firmware_channel: Channel = DEFAULT_CHANNEL
     #: the trusted minisign public keys (``*.pub``); one there turns signature checks on (issue 21)
     firmware_keys_dir: Path = DEFAULT_KEYS_DIR
     #: refuse unsigned firmware even with no key installed

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from uc2otad.engine.health import HealthSettings
 from uc2otad.firmware.catalog import ImageTable
-from uc2otad.firmware.channels import STABLE, Channel
+from uc2otad.firmware.channels import DEFAULT_CHANNEL, Channel
 from uc2otad.firmware.server import HttpSettings
 from uc2otad.firmware.signing import SigningPolicy
 from uc2otad.links.serial_hat import HatSettings
@@ -61,7 +61,7 @@ class FirmwareSettings:
     cache_dir: Path
     images: ImageTable
     #: ``firmware.channel``: "stable" never offers a prerelease (:mod:`uc2otad.firmware.channels`)
-    channel: Channel = STABLE
+    channel: Channel = DEFAULT_CHANNEL
     #: ``firmware.keys_dir`` and ``require_signature`` (:mod:`uc2otad.firmware.signing`)
     signing: SigningPolicy = field(default_factory=SigningPolicy)
 

@@ -20,6 +20,10 @@ from uc2otad.firmware.manifest import Manifest
 Channel = Literal["stable", "beta"]
 CHANNELS: tuple[Channel, ...] = ("stable", "beta")
 STABLE: Channel = "stable"
+#: the default: every release. openUC2 has tagged only prereleases since it moved to calendar versions
+#: (youseetoo/uc2-esp32: v2026.0.0-alpha.1 … v2026.0.0-beta.2, the newest tags at 063e5a6), so a stable
+#: default would offer a lab none of the current official firmware; a lab opts in to ``stable``
+DEFAULT_CHANNEL: Channel = "beta"
 #: the words of a prerelease tag, as the release workflow tests them
 _PRERELEASE_WORDS = ("beta", "alpha")
 

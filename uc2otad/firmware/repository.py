@@ -17,7 +17,7 @@ from pathlib import Path
 from uc2otad.aio import run_stoppable
 from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import SLAVE_CHIP, Catalog, ImageTable, ResolvedImage
-from uc2otad.firmware.channels import STABLE, Channel, on_channel
+from uc2otad.firmware.channels import DEFAULT_CHANNEL, Channel, on_channel
 from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
 from uc2otad.firmware.manifest import MANIFEST_NAME, parse_manifest
 from uc2otad.firmware.server import MAX_MANIFEST_BYTES
@@ -77,7 +77,7 @@ class FirmwareRepository:
         cache: FirmwareCache,
         table: ImageTable | None = None,
         *,
-        channel: Channel = STABLE,
+        channel: Channel = DEFAULT_CHANNEL,
         signing: SigningPolicy | None = None,
     ) -> None:
         """
