@@ -134,6 +134,7 @@ def test_list_firmware_has_the_document_shape() -> None:
         "url": f"{SERVER}/{MOTOR_DOC}",
         "can_id": 11,
         "size": 1000,
+        "source": "server",
         "mod_time": "2026-09-10T07:26:22Z",
         "sha256": "ab" * 32,
         "version": "v2026.1.0",
@@ -161,6 +162,7 @@ def test_table_overrides_replace_one_id_and_are_checked() -> None:
 def test_standard_table_covers_the_documented_ids() -> None:
     table = ImageTable.standard()
     assert set(table.slaves) == {*range(10, 16), *range(20, 25), 30, 31, *range(40, 50)}
-    for can_id in table.slaves:
-        assert len(table.candidates(can_id)) == 2  # a CANopen name and the document's name
+    for can_id in table.slaves:  # a CANopen name, the document's name, the release's board id (issue 21)
+        assert len(table.candidates(can_id)) == 3
+        assert table.candidates(can_id)[-1].startswith("uc2-can-slave-")
     assert MASTER_DOC in table.master

@@ -114,6 +114,7 @@ RESTRICTED_CALLS: tuple[tuple[str, str, list[Any]], ...] = (
     ("ClearFirmwareCache", "", []),
     ("ClearFirmwareCacheWithOptions", "a{sv}", [{}]),
     ("Rollback", "u", [11]),
+    ("ImportFirmware", "h", [None]),
     ("Inhibit", "s", ["not allowed"]),
     ("Uninhibit", "s", ["0"]),
 )
@@ -224,7 +225,7 @@ def _to_dbus(signature: str, value: Any) -> Any:
 
 def _split_signature(signature: str) -> list[str]:
     """'ua{sv}' → ['u', 'a{sv}'] (only the forms the checks use)."""
-    return re.findall(r"a\{sv\}|au|as|[usbv]", signature)
+    return re.findall(r"a\{sv\}|au|as|[usbvh]", signature)
 
 
 def _plain(value: Any) -> Any:
@@ -250,7 +251,10 @@ async def _client_call(interface: str, member: str, signature: str, arguments: l
     if interface.startswith("org.freedesktop.DBus") and member in {"BecomeMonitor", "GetNameOwner"}:
         destination, path = "org.freedesktop.DBus", "/org/freedesktop/DBus"
     body = [_to_dbus(kind, value) for kind, value in zip(_split_signature(signature), arguments, strict=True)]
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    # "h" (ImportFirmware): the argument is an open file, /dev/null, passed as fd number 0 of the message
+    unix_fds = [os.open("/dev/null", os.O_RDONLY)] if signature == "h" else []
+    body = [0] if unix_fds else body
+    bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=bool(unix_fds)).connect()
     try:
         reply = await asyncio.wait_for(
             bus.call(
@@ -261,6 +265,7 @@ async def _client_call(interface: str, member: str, signature: str, arguments: l
                     member=member,
                     signature=signature,
                     body=body,
+                    unix_fds=unix_fds,
                 )
             ),
             CALL_TIMEOUT,

@@ -121,6 +121,13 @@ class OTA1Interface(ServiceInterface):
     async def clear_firmware_cache(self) -> None:
         await self._engine.clear_firmware_cache()
 
+    @method(name="ImportFirmware")
+    @dbus_types("h", returns="a{sv}")
+    @translated
+    async def import_firmware(self, bundle: int) -> VariantDict:
+        """The caller's open file (a release bundle): the daemon reads it by descriptor, never by path."""
+        return to_variant_dict(await self._engine.import_firmware(bundle))
+
     @method(name="ClearFirmwareCacheWithOptions")
     @dbus_types("a{sv}", returns="a{sv}")
     @translated

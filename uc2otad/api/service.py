@@ -47,7 +47,8 @@ class DBusService:
 
     async def start(self) -> None:
         """:raises BusNameTakenError: the name is owned by someone else"""
-        bus = await CompatBus(bus_type=self._bus_type).connect()
+        # unix fds: ImportFirmware takes the caller's open bundle (an fd), as fwupd's Install does
+        bus = await CompatBus(bus_type=self._bus_type, negotiate_unix_fd=True).connect()
         self._bus = bus
         self._lost = asyncio.get_running_loop().create_future()
         self._watcher = asyncio.create_task(self._watch(bus), name="uc2otad-bus-watch")

@@ -78,7 +78,8 @@ class DaemonClient:
         """:raises CtlError: no bus to connect to (exit 5)"""
         try:
             # CompatBus: Debian 12's dbus-fast mis-sizes non-ASCII strings (an SSID, an inhibit reason)
-            bus = await CompatBus(bus_type=bus_type).connect()
+            # unix fds: ``import`` hands the daemon an open file rather than a path it may not see
+            bus = await CompatBus(bus_type=bus_type, negotiate_unix_fd=True).connect()
         except (OSError, ValueError, DBusError) as err:
             kind = bus_type.name.lower()
             raise CtlError(
@@ -98,6 +99,16 @@ class DaemonClient:
         """
         message = Message(destination=names.BUS_NAME, path=names.OBJECT_PATH, interface=interface,
                           member=member, signature=signature, body=list(body))  # fmt: skip
+        return await self._call(message)
+
+    async def call_with_file(self, member: str, descriptor: int) -> list[Any]:
+        """Call ``member`` (signature ``h``) with the open file ``descriptor``; the bus passes a copy of
+        it to the daemon, and the caller keeps its own.
+
+        :raises CtlError: as :meth:`call`
+        """
+        message = Message(destination=names.BUS_NAME, path=names.OBJECT_PATH, interface=names.INTERFACE,
+                          member=member, signature="h", body=[0], unix_fds=[descriptor])  # fmt: skip
         return await self._call(message)
 
     async def _call(self, message: Message) -> list[Any]:

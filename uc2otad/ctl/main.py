@@ -125,6 +125,17 @@ async def clear_cache(client: DaemonClient, args: argparse.Namespace) -> Any:
     return {"cleared": True, **cleared}
 
 
+async def import_firmware(client: DaemonClient, args: argparse.Namespace) -> Any:
+    with args.bundle.open("rb") as bundle:  # opened here, as the user: the daemon gets the open file
+        (imported,) = await client.call_with_file("ImportFirmware", bundle.fileno())
+    if not args.json:
+        release = imported.get("version") or "(no version)"
+        signed = f", signed by key {imported['signed_by']}" if "signed_by" in imported else ""
+        print(f"imported release {release}{signed}: {', '.join(sorted(imported['images']))}")
+        print("offered when the firmware server cannot be reached (uc2otactl firmware shows the source)")
+    return imported
+
+
 async def inhibit(client: DaemonClient, args: argparse.Namespace) -> Any:
     with _interrupts() as interrupted:  # before anything is printed: a Ctrl-C from then on ends it cleanly
         (cookie,) = await client.call("Inhibit", "s", args.reason)
@@ -213,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the images kept for a rollback (each board's last two verified ones)",
     )
+    add(
+        "import", import_firmware, "import a release bundle (.zip or .tar.gz) for updates without a server"
+    ).add_argument("bundle", type=Path, metavar="FILE")
     rollback_commands.add_arguments(
         add("rollback", rollback_commands.rollback, "put a board's earlier firmware back, showing progress")
     )
@@ -260,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"uc2otactl: {err.message} ({err.name})", file=sys.stderr)
         return err.exit_code
-    except OSError as err:  # --password-file unreadable
+    except OSError as err:  # a file named on the command line (--password-file, import's) unreadable
         if args.json:
             print_json({"error": {"name": "usage", "message": str(err), "exit_code": EXIT_USAGE}})
         else:

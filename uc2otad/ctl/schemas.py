@@ -163,6 +163,20 @@ COMMANDS: dict[str, dict[str, Any]] = {
             "known_good_kept": {"type": "integer", "minimum": 0},
         },
     },
+    # ImportFirmware's reply: the release, each image offered offline with its sha256, the signing key
+    "import": {
+        "type": "object",
+        "required": ["status", "images"],
+        "properties": {
+            "status": {"const": "success"},
+            "version": {"type": "string"},
+            "images": {
+                "type": "object",
+                "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            "signed_by": {"type": "string"},
+        },
+    },
     # a slave's rollback: the image put back and how its job ended (the master's: as flash-master)
     "rollback": {
         "type": "object",

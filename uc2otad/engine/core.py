@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import secrets as token
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -60,6 +61,7 @@ from uc2otad.engine.scanning import scan_boards, scan_devices
 from uc2otad.engine.store import JobRecord, StatusStore
 from uc2otad.engine.usb import MasterFlashing
 from uc2otad.errors import (
+    CacheError,
     InhibitedError,
     InvalidArgumentError,
     JobBusyError,
@@ -70,8 +72,9 @@ from uc2otad.errors import (
 )
 from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import MASTER_CAN_ID
+from uc2otad.firmware.directory import FirmwareFolder
 from uc2otad.firmware.known_good import KnownGoodImages, KnownGoodRecord
-from uc2otad.firmware.repository import FirmwareRepository
+from uc2otad.firmware.repository import IMPORTED_FOLDER, FirmwareRepository
 from uc2otad.firmware.signing import SignedManifest
 from uc2otad.firmware.source import normalize_source_url, open_source
 from uc2otad.methods.base import WifiCredentials
@@ -130,12 +133,14 @@ def _without_none(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 def repository_for(firmware: FirmwareSettings, server_url: str) -> FirmwareRepository:
+    cache = FirmwareCache(firmware.cache_dir)
     return FirmwareRepository(
         open_source(server_url, firmware.http),
-        FirmwareCache(firmware.cache_dir),
+        cache,
         firmware.images,
         channel=firmware.channel,
         signing=firmware.signing,
+        imported=FirmwareFolder(str(cache.directory / IMPORTED_FOLDER)),
     )
 
 
@@ -496,6 +501,30 @@ class Engine:
         task = asyncio.create_task(after_batch(), name="flash the master after a batch")
         self._after_batches.add(task)
         task.add_done_callback(self._after_batches.discard)
+
+    async def import_firmware(self, descriptor: int) -> dict[str, Any]:
+        """Import the release bundle open as ``descriptor`` (taken over: closed here) into the offline
+        folder that serves when the firmware source cannot be reached (:mod:`uc2otad.firmware.imports`).
+
+        :raises BundleError: the bundle breaks a rule: refused whole, the previous import kept
+        :raises SignatureInvalidError: signatures are enforced and it is not signed by a trusted key
+        :raises CacheError: the offline folder cannot be written
+        """
+        from uc2otad.firmware.imports import import_bundle  # noqa: PLC0415 - zipfile, tarfile: on first use
+
+        def work() -> dict[str, Any]:
+            with os.fdopen(descriptor, "rb", closefd=True) as source:
+                try:
+                    imported = import_bundle(
+                        source, self.repository.cache.directory, self.config.firmware.signing
+                    )
+                except OSError as err:
+                    raise CacheError(
+                        f"the imported firmware cannot be written: {err.strerror or err}"
+                    ) from err
+            return imported.as_dict()
+
+        return await asyncio.to_thread(work)
 
     # ---- rollback (issue 20) --------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from uc2otad.firmware.names import MERGED_SUFFIX, check_file_name, is_image_name
 
 if TYPE_CHECKING:
     from uc2otad.firmware.signing import SignedManifest
+    from uc2otad.firmware.source import FirmwareSource
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -111,9 +112,18 @@ class Catalog:
         table: ImageTable | None = None,
         *,
         signed: SignedManifest | None = None,
+        origin: FirmwareSource | None = None,
+        source_kind: str = "server",
     ) -> None:
-        """:param signed: the manifest's verified signature, when signatures are enforced: an image it
-        does not list is then refused (``signature_invalid``) rather than offered unchecked"""
+        """
+        :param signed: the manifest's verified signature, when signatures are enforced: an image it
+            does not list is then refused (``signature_invalid``) rather than offered unchecked
+        :param origin: where the images are fetched from (the configured source, or the imported
+            bundle when that cannot be reached)
+        :param source_kind: what ListFirmware says of each image's source: "server", "folder", "bundle"
+        """
+        self.origin = origin
+        self.source_kind = source_kind
         self.server_url = server_url
         self.listing = listing
         self.manifest = manifest
@@ -195,6 +205,7 @@ class Catalog:
                 "url": f"{self.server_url}/{image.name}",
                 "can_id": can_id,
                 "size": image.file.size,
+                "source": self.source_kind,
             }
             if image.file.mod_time_text is not None:
                 entry["mod_time"] = image.file.mod_time_text

@@ -367,6 +367,20 @@ def require_chip(info: ImageInfo, board_chip: str, name: str | None) -> None:
         raise WrongChipError(f"image is for {info.chip}, board is {board_chip}", name=name)
 
 
+def embedded_app(data: bytes, *, name: str | None = None) -> bytes | None:
+    """The app image a merged image carries at its first app partition, cut out (its own bytes, without
+    the partition's padding): what a slave's OTA takes from a release's merged image. None when ``data``
+    is not a merged image or ends before its app.
+
+    :raises ImageFormatError: ``data`` is not a valid ESP image
+    """
+    info = parse_image(data, name=name)
+    offset = _first_app_offset(info.partitions)
+    if info.kind is not ImageKind.MERGED or info.app is None or offset is None:
+        return None
+    return data[offset : offset + info.app.image_size]
+
+
 def _first_app_offset(partitions: tuple[PartitionEntry, ...]) -> int | None:
     return next((entry.offset for entry in partitions if entry.type == PARTITION_TYPE_APP), None)
 

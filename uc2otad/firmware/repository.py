@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uc2otad.aio import run_stoppable
+from uc2otad.errors import DownloadTimeoutError, ServerUnreachableError
 from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import SLAVE_CHIP, Catalog, ImageTable, ResolvedImage
 from uc2otad.firmware.channels import DEFAULT_CHANNEL, Channel, on_channel
+from uc2otad.firmware.directory import FirmwareFolder
 from uc2otad.firmware.esp_image import OTA_PARTITION_SIZE, ImageInfo, validate_app_image
 from uc2otad.firmware.manifest import MANIFEST_NAME, parse_manifest
 from uc2otad.firmware.server import MAX_MANIFEST_BYTES
@@ -25,6 +27,10 @@ from uc2otad.firmware.signing import MAX_SIGNATURE_BYTES, SIGNATURE_NAME, Signin
 from uc2otad.firmware.source import FirmwareSource
 
 _LOGGER = logging.getLogger(__name__)
+
+#: the offline folder an imported bundle fills, inside the cache folder (:mod:`.imports`); hidden, so
+#: that no image name clashes with it
+IMPORTED_FOLDER = ".imported"
 
 
 @dataclass(frozen=True)
@@ -79,11 +85,15 @@ class FirmwareRepository:
         *,
         channel: Channel = DEFAULT_CHANNEL,
         signing: SigningPolicy | None = None,
+        imported: FirmwareFolder | None = None,
     ) -> None:
         """
         :param channel: the release channel: on ``stable`` no prerelease is offered (:mod:`.channels`)
         :param signing: when ``version.json`` must be signed, and by which keys (:mod:`.signing`)
+        :param imported: the offline folder an imported bundle fills (:mod:`.imports`): it serves
+            when ``server`` cannot be reached
         """
+        self.imported = imported
         self.server = server
         self.cache = cache
         self.table = table or ImageTable.standard()
@@ -128,22 +138,43 @@ class FirmwareRepository:
             self._catalog_fetch = None
 
     async def _fetch_catalog(self) -> Catalog:
+        kind = "folder" if isinstance(self.server, FirmwareFolder) else "server"
+        try:
+            return await self._catalog_of(self.server, kind)
+        except (ServerUnreachableError, DownloadTimeoutError) as err:
+            imported = self.imported
+            if imported is None or not await asyncio.to_thread(imported.path.is_dir):
+                raise
+            _LOGGER.warning(
+                "firmware: %s cannot be reached (%s); offering the imported bundle", self.server, err
+            )
+            return await self._catalog_of(imported, "bundle")
+
+    async def _catalog_of(self, source: FirmwareSource, kind: str) -> Catalog:
+        """``source``'s listing and manifest (signed, when signatures are enforced), on the channel."""
         keys = await asyncio.to_thread(self.signing.trusted_keys)
         if keys is None:
             listing, manifest = await asyncio.gather(
-                self.server.list_files(max_image_size=self.cache.max_image_size), self.server.get_manifest()
+                source.list_files(max_image_size=self.cache.max_image_size), source.get_manifest()
             )
-            return Catalog(self.server.url, on_channel(listing, manifest, self.channel), manifest, self.table)
+            listing = on_channel(listing, manifest, self.channel)
+            return Catalog(source.url, listing, manifest, self.table, origin=source, source_kind=kind)
         listing, raw, signature = await asyncio.gather(
-            self.server.list_files(max_image_size=self.cache.max_image_size),
-            self.server.get_document(MANIFEST_NAME, MAX_MANIFEST_BYTES),
-            self.server.get_document(SIGNATURE_NAME, MAX_SIGNATURE_BYTES),
+            source.list_files(max_image_size=self.cache.max_image_size),
+            source.get_document(MANIFEST_NAME, MAX_MANIFEST_BYTES),
+            source.get_document(SIGNATURE_NAME, MAX_SIGNATURE_BYTES),
         )
         signed = await asyncio.to_thread(check_signed, raw, signature, keys)  # cryptography loads here
         manifest = parse_manifest(signed.manifest)  # the very bytes verified
-        _LOGGER.info("firmware: %s of %s signed by key %s", MANIFEST_NAME, self.server.url, signed.key_id)
+        _LOGGER.info("firmware: %s of %s signed by key %s", MANIFEST_NAME, source.url, signed.key_id)
         listing = on_channel(listing, manifest, self.channel)
-        return Catalog(self.server.url, listing, manifest, self.table, signed=signed)
+        return Catalog(
+            source.url, listing, manifest, self.table, signed=signed, origin=source, source_kind=kind
+        )
+
+    def origin_of(self, catalog: Catalog) -> FirmwareSource:
+        """Where ``catalog``'s images are fetched from."""
+        return catalog.origin or self.server
 
     async def obtain(
         self,
@@ -165,7 +196,7 @@ class FirmwareRepository:
         catalog = catalog or await self.catalog()
         resolved = catalog.resolve(can_id, reported_image=reported_image, name=name)
         cached = await self.cache.fetch(
-            self.server, resolved.file, resolved.promise, signed=resolved.signed is not None
+            self.origin_of(catalog), resolved.file, resolved.promise, signed=resolved.signed is not None
         )
         info = await run_stoppable(lambda _stop: _check_app(cached, SLAVE_CHIP))
         _LOGGER.info(

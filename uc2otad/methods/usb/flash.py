@@ -574,7 +574,7 @@ class UsbFlasher:
         catalog = await repository.catalog()
         resolved = catalog.resolve_master(name=options.firmware, merged=options.erase_flash)
         cached = await repository.cache.fetch(
-            repository.server, resolved.file, resolved.promise, signed=resolved.signed is not None
+            repository.origin_of(catalog), resolved.file, resolved.promise, signed=resolved.signed is not None
         )
         _LOGGER.info("usb: master image=%s source=%s size=%d", cached.name, resolved.source, cached.size)
         return cached
