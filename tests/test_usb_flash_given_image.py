@@ -25,6 +25,7 @@ from uc2otad.firmware.cache import CachedImage, FirmwareCache
 from uc2otad.firmware.catalog import ImageTable
 from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.firmware.server import FirmwareServer
+from uc2otad.firmware.signing import SignedManifest
 from uc2otad.methods.usb.flash import FlashOptions, UsbFlasher, UsbFlashSettings
 from uc2otad.methods.usb.status import UsbFlashStatus, UsbStep
 from uc2otad.sim.rom_loader import RomLoader
@@ -57,7 +58,8 @@ async def flashed(
     heard: list[tuple[CachedImage, str | None]] = []
     ended = asyncio.Event()
 
-    async def on_success(image: CachedImage, version: str | None) -> None:
+    async def on_success(image: CachedImage, version: str | None, signed: SignedManifest | None) -> None:
+        assert signed is None  # an image the caller gave comes with no signed manifest of its own
         heard.append((image, version))
         raise RuntimeError("a listener's failure is logged, not the flash's")
 

@@ -571,10 +571,12 @@ class Engine:
             source = None if image.resolved.source == "known_good" else self.repository.server.url
             self._keep(job.can_id, record_of(image, image.version, source), image.data, image.resolved.signed)
 
-    async def _keep_master_image(self, image: CachedImage, version: str | None) -> None:
+    async def _keep_master_image(
+        self, image: CachedImage, version: str | None, signed: SignedManifest | None
+    ) -> None:
         """The master was flashed: keep its image for a later rollback (never raises)."""
         source = None if image.verified_by == "known_good" else self.repository.server.url
-        self._keep(MASTER_CAN_ID, record_of(image, version, source), image.data)
+        self._keep(MASTER_CAN_ID, record_of(image, version, source), image.data, signed)
 
     def _keep(
         self, can_id: int, record: KnownGoodRecord, data: bytes, signed: SignedManifest | None = None

@@ -13,7 +13,7 @@ opened: a flash a crash cut short reads "failed", ``interrupted``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from uc2otad.engine.config import EngineConfig
@@ -28,7 +28,7 @@ from uc2otad.firmware.repository import FirmwareRepository
 from uc2otad.methods.usb.status import UsbFlashStatus
 
 if TYPE_CHECKING:
-    from uc2otad.methods.usb.flash import UsbFlasher
+    from uc2otad.methods.usb.flash import OnSuccess, UsbFlasher
 
 
 class MasterFlashing:
@@ -44,7 +44,7 @@ class MasterFlashing:
         jobs: JobManager,
         inhibitors: Inhibitors,
         store: StatusStore,
-        on_success: Callable[[CachedImage, str | None], Awaitable[None]] | None = None,
+        on_success: OnSuccess | None = None,
     ) -> None:
         """
         :param repository: the firmware repository now (SetFirmwareServer replaces it)

@@ -63,6 +63,7 @@ from uc2otad.firmware.catalog import MASTER_CAN_ID
 from uc2otad.firmware.chips import normalize_chip_name
 from uc2otad.firmware.names import check_file_name
 from uc2otad.firmware.repository import FirmwareRepository
+from uc2otad.firmware.signing import SignedManifest
 from uc2otad.links.commands import MasterIdentity
 from uc2otad.links.protocol import UpdateLink
 from uc2otad.methods.usb.chips import chip_for_usb_id
@@ -167,16 +168,19 @@ class _NoHistory:
         return None
 
 
-#: told of each successful flash, before its task ends: the image written and its version
-OnSuccess = Callable[[CachedImage, str | None], Awaitable[None]]
+#: told of each successful flash, before its task ends: the image written, its version, and the signed
+#: manifest that listed it (None: unsigned, or an image given by the caller)
+OnSuccess = Callable[[CachedImage, str | None, SignedManifest | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class _Flashed:
-    """What a flash that succeeded wrote: the image and its version (app descriptor, else reported)."""
+    """What a flash that succeeded wrote: the image and its version (app descriptor, else reported), and
+    the signed manifest it came with (kept with the image for a rollback, issue 21)."""
 
     image: CachedImage
     version: str | None
+    signed: SignedManifest | None = None
 
 
 @dataclass(frozen=True)
@@ -494,7 +498,7 @@ class UsbFlasher:
         if self._on_success is None:
             return
         try:
-            await self._on_success(flashed.image, flashed.version)
+            await self._on_success(flashed.image, flashed.version, flashed.signed)
         except Exception:  # the flash succeeded whatever the listener does; CancelledError goes on
             _LOGGER.exception(
                 "usb: after the flash of the master: the success listener failed",
@@ -515,7 +519,7 @@ class UsbFlasher:
         async with self._released():
             # 2. the image
             self.status.step(UsbStep.DOWNLOADING)
-            image = job.image if job.image is not None else await self._obtain(options)
+            image, signed = (job.image, None) if job.image is not None else await self._obtain(options)
             name = image.name
             self.status.learn(firmware=name)
             self.status.step(UsbStep.DOWNLOADED, firmware=name)
@@ -543,7 +547,7 @@ class UsbFlasher:
         # 5. the link back, and proof of the new image
         if not options.reconnect_after:
             self.status.step(UsbStep.FLASHED)
-            return _Flashed(image, plan.version)
+            return _Flashed(image, plan.version, signed)
         self.status.step(UsbStep.RECONNECTING)
         identity = await self._confirm(plan)
         self.status.learn(firmware_version=identity.version)
@@ -553,7 +557,7 @@ class UsbFlasher:
             identity.version or "-", identity.build_date,
             extra={"UC2_CAN_ID": MASTER_CAN_ID, "UC2_PHASE": "success"},
         )  # fmt: skip
-        return _Flashed(image, plan.version or identity.version)
+        return _Flashed(image, plan.version or identity.version, signed)
 
     @contextlib.asynccontextmanager
     async def _released(self) -> AsyncIterator[None]:
@@ -563,7 +567,7 @@ class UsbFlasher:
         async with self._master.released("USB flashing of the master"):
             yield
 
-    async def _obtain(self, options: FlashOptions) -> CachedImage:
+    async def _obtain(self, options: FlashOptions) -> tuple[CachedImage, SignedManifest | None]:
         """The master image: named, or the catalog's (merged when erasing; CONTRACT.md §4), with the bytes
         the cache verified. The flash uses only those bytes from here on, never the cache's file, which a
         ClearFirmwareCache (or a later fetch replacing it) may delete or change meanwhile (issue 15, D4).
@@ -577,7 +581,7 @@ class UsbFlasher:
             repository.origin_of(catalog), resolved.file, resolved.promise, signed=resolved.signed is not None
         )
         _LOGGER.info("usb: master image=%s source=%s size=%d", cached.name, resolved.source, cached.size)
-        return cached
+        return cached, resolved.signed
 
     async def _plan(
         self, tool: Esptool, options: FlashOptions, ports: list[SerialPort], data: bytes, name: str
